@@ -1,0 +1,279 @@
+"""State-dict conversion from torchvision and timm, and pretrained-weight loading.
+
+Foreign checkpoints are renamed key by key into our layout (``stem``, ``stages.i.j.conv_*``, ``head``,
+``classifier``); the tensors themselves are untouched, so converted models compute the same function.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from mobilenet_pl.models.specs import MOBILENET_V2
+
+Source = Literal["torchvision", "timm", "mobilenet_pl"]
+StateDict = dict[str, Tensor]
+
+# Wrappers other tools put around a state dict: Lightning (backbone.), DDP (module.), torch.compile.
+_WRAPPER_PREFIXES = ("backbone.", "module.", "_orig_mod.", "model.")
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Where one set of ImageNet weights comes from: a timm model tag or a torchvision weights enum."""
+
+    source: Literal["timm", "torchvision"]
+    name: str
+
+
+# (model, width) -> tag -> weights; the first tag is the default for pretrained=True.
+PRETRAINED: dict[tuple[str, float], dict[str, PretrainedWeights]] = {
+    ("mobilenet_v1", 1.0): {"timm": PretrainedWeights("timm", "mobilenetv1_100.ra4_e3600_r224_in1k")},
+    ("mobilenet_v1", 1.25): {"timm": PretrainedWeights("timm", "mobilenetv1_125.ra4_e3600_r224_in1k")},
+    ("mobilenet_v2", 0.5): {"timm": PretrainedWeights("timm", "mobilenetv2_050.lamb_in1k")},
+    ("mobilenet_v2", 1.0): {
+        "torchvision_v2": PretrainedWeights("torchvision", "MobileNet_V2_Weights.IMAGENET1K_V2"),
+        "torchvision_v1": PretrainedWeights("torchvision", "MobileNet_V2_Weights.IMAGENET1K_V1"),
+        "timm": PretrainedWeights("timm", "mobilenetv2_100.ra_in1k"),
+    },
+    ("mobilenet_v2", 1.4): {"timm": PretrainedWeights("timm", "mobilenetv2_140.ra_in1k")},
+}
+
+
+def detect_source(state_dict: Mapping[str, Tensor]) -> Source:
+    """Tell which library wrote ``state_dict`` from its key names."""
+    if "features.0.0.weight" in state_dict:
+        return "torchvision"
+    if "conv_stem.weight" in state_dict:
+        return "timm"
+    if "stem.conv.weight" in state_dict:
+        return "mobilenet_pl"
+    raise ValueError(
+        f"state dict is not a MobileNet from torchvision, timm or mobilenet_pl (first keys: {list(state_dict)[:3]})"
+    )
+
+
+def convert_state_dict(state_dict: Mapping[str, Tensor], source: Source | None = None) -> StateDict:
+    """Rename a torchvision or timm MobileNet state dict into ours (``source=None``: detect it).
+
+    Example:
+        >>> import torchvision
+        >>> from mobilenet_pl import mobilenet_v2
+        >>> theirs = torchvision.models.mobilenet_v2().state_dict()
+        >>> _ = mobilenet_v2().load_state_dict(convert_state_dict(theirs, "torchvision"))
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    source = source or detect_source(state_dict)
+    if source == "mobilenet_pl":
+        return dict(state_dict)
+    if source == "torchvision":
+        rename = _torchvision_renamer()
+    elif source == "timm":
+        rename = _timm_renamer(state_dict)
+    else:
+        raise ValueError(f"source must be 'torchvision', 'timm' or 'mobilenet_pl', got {source!r}")
+    return {rename(key): value for key, value in state_dict.items()}
+
+
+def unwrap_state_dict(obj: Mapping[str, object]) -> StateDict:
+    """Take the state dict out of a Lightning/trainer checkpoint and strip wrapper prefixes."""
+    for container in ("state_dict", "model", "state_dict_ema"):
+        inner = obj.get(container)
+        if isinstance(inner, Mapping):
+            obj = inner
+            break
+    out: StateDict = {}
+    for key, value in obj.items():
+        if not isinstance(value, Tensor):
+            continue
+        while key.startswith(_WRAPPER_PREFIXES):  # nested wrappers, e.g. model._orig_mod.stem...
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def _torchvision_renamer():  # type: ignore[no-untyped-def]
+    # torchvision numbers blocks 1..17 through ``features``; ours are grouped by the paper's rows.
+    block_to_stage = [(i, j) for i, row in enumerate(MOBILENET_V2.stages) for j in range(row.n)]
+    head_index = len(block_to_stage) + 1
+    layer_names = {
+        # block with expansion (conv.0 = expand, conv.1 = depthwise, conv.2/3 = linear projection)
+        True: {
+            "0.0": "conv_pw.conv",
+            "0.1": "conv_pw.bn",
+            "1.0": "conv_dw.conv",
+            "1.1": "conv_dw.bn",
+            "2": "conv_pwl.conv",
+            "3": "conv_pwl.bn",
+        },
+        # the t=1 block has no expand conv
+        False: {"0.0": "conv_dw.conv", "0.1": "conv_dw.bn", "1": "conv_pwl.conv", "2": "conv_pwl.bn"},
+    }
+    block_re = re.compile(r"features\.(\d+)\.conv\.(\d(?:\.\d)?)\.(\w+)$")
+
+    def rename(key: str) -> str:
+        if key.startswith("features.0."):
+            return key.replace("features.0.0.", "stem.conv.").replace("features.0.1.", "stem.bn.")
+        if key.startswith(f"features.{head_index}."):
+            return key.replace(f"features.{head_index}.0.", "head.conv.").replace(
+                f"features.{head_index}.1.", "head.bn."
+            )
+        if key.startswith("classifier.1."):
+            return key.replace("classifier.1.", "classifier.")
+        match = block_re.match(key)
+        if not match:
+            raise ValueError(f"unexpected torchvision key {key!r}")
+        block, layer, suffix = int(match[1]), match[2], match[3]
+        stage, index = block_to_stage[block - 1]
+        return f"stages.{stage}.{index}.{layer_names[block > 1][layer]}.{suffix}"
+
+    return rename
+
+
+def _timm_renamer(state_dict: Mapping[str, Tensor]):  # type: ignore[no-untyped-def]
+    # timm names BNs by position (bn1, bn2, bn3) inside a block; which conv each follows depends on
+    # whether the block is an inverted residual (has conv_pwl) or a depthwise separable conv.
+    is_v2 = "conv_head.weight" in state_dict
+    inverted = {m[1] for key in state_dict if (m := re.match(r"(blocks\.\d+\.\d+)\.conv_pwl\.", key))}
+    ir_names = {
+        "conv_pw": "conv_pw.conv",
+        "bn1": "conv_pw.bn",
+        "conv_dw": "conv_dw.conv",
+        "bn2": "conv_dw.bn",
+        "conv_pwl": "conv_pwl.conv",
+        "bn3": "conv_pwl.bn",
+    }
+    pw = "conv_pwl" if is_v2 else "conv_pw"  # V2's first block projects linearly
+    ds_names = {"conv_dw": "conv_dw.conv", "bn1": "conv_dw.bn", "conv_pw": f"{pw}.conv", "bn2": f"{pw}.bn"}
+    top_level = {
+        "conv_stem": "stem.conv",
+        "bn1": "stem.bn",
+        "conv_head": "head.conv",
+        "bn2": "head.bn",
+        "classifier": "classifier",
+    }
+
+    def rename(key: str) -> str:
+        match = re.match(r"(blocks\.(\d+)\.(\d+))\.(\w+)\.(\w+)$", key)
+        if match:
+            names = ir_names if match[1] in inverted else ds_names
+            return f"stages.{match[2]}.{match[3]}.{names[match[4]]}.{match[5]}"
+        layer, _, suffix = key.partition(".")
+        if layer not in top_level:
+            raise ValueError(f"unexpected timm key {key!r}")
+        return f"{top_level[layer]}.{suffix}"
+
+    return rename
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Raise a ValueError listing missing, unexpected and mis-shaped keys, or return silently."""
+    expected = model.state_dict()
+    # listed in model order, so the first line points at the first layer that does not fit
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    problems = [
+        (label, keys)
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+        if keys
+    ]
+    if problems:
+        lines = [
+            f"  {label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+            for label, keys in problems
+        ]
+        raise ValueError("state dict does not fit the model (is the width or model right?):\n" + "\n".join(lines))
+
+
+def load_state_dict_file(path: str | Path) -> StateDict:
+    """Read a state dict safely (``weights_only=True``; safetensors too) and convert it to our keys."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        raw: Mapping[str, object] = load_file(str(path))
+    else:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # weights_only refuses pickled code: say so instead of a pickle trace
+            raise ValueError(
+                f"refusing to load {str(path)!r}: not a plain tensor checkpoint ({err.__class__.__name__}: {str(err).splitlines()[0]})"
+            ) from err
+    return convert_state_dict(unwrap_state_dict(raw))
+
+
+def available_pretrained() -> str:
+    """One line per model listing the widths that have ImageNet weights and their tags."""
+    by_model: dict[str, list[str]] = {}
+    for (model, width), tags in PRETRAINED.items():
+        by_model.setdefault(model, []).append(f"{width:g} ({', '.join(tags)})")
+    return "; ".join(f"{model} width {', '.join(items)}" for model, items in by_model.items())
+
+
+def _download(weights: PretrainedWeights) -> StateDict:
+    # Both libraries cache what they download (TORCH_HOME, HF_HOME); nothing is fetched twice.
+    if weights.source == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_weight(weights.name).get_state_dict(progress=True)
+    import timm
+
+    return timm.create_model(weights.name, pretrained=True).state_dict()
+
+
+def load_pretrained(model: nn.Module, name: str, width: float, pretrained: bool | str | Path) -> None:
+    """Load ImageNet weights (``True`` or a tag) or a local file into ``model`` in place.
+
+    The classifier is kept freshly initialised when ``num_classes`` differs from the checkpoint's,
+    and layers a ``features_only`` model does not build are ignored.
+    """
+    tags = PRETRAINED.get((name, float(width)), {})
+    if isinstance(pretrained, Path) or (isinstance(pretrained, str) and pretrained not in tags):
+        if (
+            isinstance(pretrained, str)
+            and not Path(pretrained).expanduser().exists()
+            and not re.search(r"[/\\.]", pretrained)
+        ):
+            raise ValueError(
+                f"pretrained={pretrained!r} is neither a tag of {name} width {width:g} ({list(tags) or 'none'}) "
+                f"nor an existing file. Weights exist for: {available_pretrained()}."
+            )
+        state_dict = load_state_dict_file(pretrained)
+    else:
+        if not tags:
+            raise ValueError(
+                f"no ImageNet weights for {name} width {width:g}. Weights exist for: {available_pretrained()}. "
+                "Pass pretrained='/path/to/weights.pth' (a torchvision, timm or mobilenet_pl state dict) instead."
+            )
+        weights = tags[pretrained] if isinstance(pretrained, str) else next(iter(tags.values()))
+        try:
+            state_dict = convert_state_dict(_download(weights), weights.source)
+        except Exception as err:
+            raise RuntimeError(
+                f"could not fetch {weights.source} weights {weights.name!r} ({err.__class__.__name__}); offline? "
+                f"Download them once where there is a network, or pass pretrained='/path/to/weights.pth'. "
+                f"Weights exist for: {available_pretrained()}."
+            ) from err
+    expected = model.state_dict()
+    state_dict = {
+        k: v
+        for k, v in state_dict.items()
+        if k in expected and not (k.startswith("classifier.") and v.shape != expected[k].shape)
+    }
+    # what the model builds but the checkpoint lacks may only be a (reset) classifier
+    missing_ok = {k for k in expected if k.startswith("classifier.") and k not in state_dict}
+    check_state_dict(model, {**state_dict, **{k: expected[k] for k in missing_ok}})
+    model.load_state_dict(state_dict, strict=False)

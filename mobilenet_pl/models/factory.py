@@ -1,0 +1,96 @@
+"""Model registry and the keyword-only builders: everything is addressable by name (``"v2"``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypedDict
+
+from typing_extensions import Unpack
+
+from mobilenet_pl.models.layers import ActLayer
+from mobilenet_pl.models.mobilenet import InitScheme, MobileNet, MobileNetFeatures
+from mobilenet_pl.models.specs import MOBILENET_V1, MOBILENET_V2, ArchSpec
+
+_MODELS: dict[str, Callable[..., MobileNet]] = {}
+_ALIASES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
+
+
+class ModelKwargs(TypedDict, total=False):
+    """Keywords shared by every builder; see `MobileNet`."""
+
+    width: float
+    num_classes: int
+    in_chans: int
+    dropout: float
+    drop_path_rate: float
+    act_layer: str | ActLayer
+    init: InitScheme
+    small_input: bool
+    features_only: bool
+    out_indices: tuple[int, ...] | None
+    pretrained: bool | str | Path
+
+
+def register_model(fn: Callable[..., MobileNet]) -> Callable[..., MobileNet]:
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names of the registered models (``create_model`` also takes the short aliases ``v1``, ``v2``)."""
+    return sorted(_MODELS)
+
+
+def resolve_model_name(name: str) -> str:
+    """Canonical registry name for ``name`` or an alias; ValueError listing the choices otherwise."""
+    canonical = _ALIASES.get(name, name)
+    if canonical not in _MODELS:
+        choices = sorted([*_MODELS, *_ALIASES])
+        raise ValueError(f"model={name!r} is unknown; choose one of {choices}")
+    return canonical
+
+
+def create_model(name: str, **kwargs: Unpack[ModelKwargs]) -> MobileNet:
+    """Build a registered model by name, e.g. ``create_model("v2", width=0.75, num_classes=10)``."""
+    return _MODELS[resolve_model_name(name)](**kwargs)
+
+
+def _build(name: str, arch: ArchSpec, kwargs: ModelKwargs) -> MobileNet:
+    options: dict[str, Any] = dict(kwargs)
+    pretrained = options.pop("pretrained", False)
+    features_only = options.pop("features_only", False)
+    out_indices = options.pop("out_indices", None)
+    if features_only:
+        model: MobileNet = MobileNetFeatures(arch, out_indices=out_indices, **options)
+    else:
+        if out_indices is not None:
+            raise ValueError("out_indices is only valid with features_only=True")
+        model = MobileNet(arch, **options)
+    if pretrained:
+        from mobilenet_pl.models.convert import load_pretrained
+
+        load_pretrained(model, name, options.get("width", 1.0), pretrained)
+    return model
+
+
+@register_model
+def mobilenet_v1(**kwargs: Unpack[ModelKwargs]) -> MobileNet:
+    """MobileNetV1 (Howard et al. 2017, https://arxiv.org/abs/1704.04861), keyword-only.
+
+    Example:
+        >>> mobilenet_v1(width=0.25).num_features
+        256
+    """
+    return _build("mobilenet_v1", MOBILENET_V1, kwargs)
+
+
+@register_model
+def mobilenet_v2(**kwargs: Unpack[ModelKwargs]) -> MobileNet:
+    """MobileNetV2 (Sandler et al. 2018, https://arxiv.org/abs/1801.04381), keyword-only.
+
+    Example:
+        >>> mobilenet_v2(width=0.5).num_features
+        1280
+    """
+    return _build("mobilenet_v2", MOBILENET_V2, kwargs)

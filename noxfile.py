@@ -1,0 +1,50 @@
+"""Developer sessions: ``nox -s tests lint typecheck docs``.
+
+Sessions use pip-backed venvs: PyTorch comes from pip (from local disk on our machines); uv would not
+see those files and would download several GB instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.reuse_existing_virtualenvs = False
+
+# Override with e.g. MOBILENET_PL_TORCH="torch==2.5.1 torchvision==0.20.1" on other machines.
+TORCH = os.environ.get("MOBILENET_PL_TORCH", "torch==2.14.1 torchvision==0.29.1").split()
+OFFLINE = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the offline CPU test suite (``nox -s tests -- -k convert`` passes pytest arguments)."""
+    session.install(*TORCH)
+    session.install("-e", ".[test,export,sweeps]")
+    session.run("pytest", *session.posargs, env=OFFLINE)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy on the package."""
+    session.install(*TORCH)
+    session.install("-e", ".", "mypy>=1.10")
+    session.run("mypy", "mobilenet_pl")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site strictly (any warning fails)."""
+    session.install("mkdocs-material>=9.5", "mkdocstrings[python]>=0.25")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
