@@ -1,0 +1,128 @@
+"""Evaluate a checkpoint: ``python -m mobilenet_pl.eval ckpt_path=PATH [data=digits] [split=test]``.
+
+Prints and writes (results.json, confusion_matrix.png in the run dir) top-1, top-5, per-class accuracy
+and the exact number of images evaluated. A plain single-process loop: the reference that distributed
+evaluation is checked against.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from mobilenet_pl.config import ConfigError, config_dir
+from mobilenet_pl.lit.classifier import MobileNetClassifier
+from mobilenet_pl.models.cost import count_madds
+from mobilenet_pl.plots import save_confusion_matrix
+from mobilenet_pl.results import write_results
+from mobilenet_pl.train import reported_errors
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> MobileNetClassifier:
+    """Load our checkpoint safely (``weights_only=True``), with a clear error when it is missing."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={str(path)!r} is not allowed: no such checkpoint file")
+    module = MobileNetClassifier.load_from_checkpoint(path, map_location=device, weights_only=True)
+    return module.eval()
+
+
+@torch.no_grad()
+def evaluate(module: MobileNetClassifier, loader: DataLoader[Any], device: str = "cpu") -> dict[str, Any]:
+    """Top-1, top-5, per-class accuracy, confusion matrix and sample count over every batch of ``loader``."""
+    num_classes = module.hparams["num_classes"]
+    metrics = MetricCollection(
+        {
+            "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+            "per_class": MulticlassAccuracy(num_classes, average="none"),
+            "confusion": MulticlassConfusionMatrix(num_classes),
+        }
+    ).to(device)
+    loss_sum, samples = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = module.eval_forward(x)
+        loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        samples += len(y)
+        metrics.update(logits, y)
+    out = metrics.compute()
+    return {
+        "acc1": out["acc1"].item(),
+        "acc5": out["acc5"].item(),
+        "loss": loss_sum / max(1, samples),
+        "per_class": out["per_class"].cpu().tolist(),
+        "confusion": out["confusion"].cpu(),
+        "samples": samples,
+    }
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    with reported_errors():
+        run(cfg)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    started = time.perf_counter()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    module = load_checkpoint(cfg.ckpt_path, device)
+    hp = module.hparams
+    if cfg.resolution is None:
+        cfg.resolution = hp["resolution"]
+    datamodule = instantiate(cfg.data, batch_size=cfg.batch_size)
+    if datamodule.num_classes != hp["num_classes"] or datamodule.in_chans != hp["in_chans"]:
+        raise ConfigError(
+            f"data={cfg.data._target_.rsplit('.', 1)[-1]} has {datamodule.num_classes} classes and {datamodule.in_chans} "
+            f"channels; the checkpoint expects {hp['num_classes']} and {hp['in_chans']}"
+        )
+    datamodule.setup("test")
+    result = evaluate(module, datamodule.split_dataloader(cfg.split), device)
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    names = list(hp.get("class_names") or [str(i) for i in range(hp["num_classes"])])
+    save_confusion_matrix(result["confusion"], names, run_dir / "confusion_matrix.png", f"{cfg.split} confusion matrix")
+    madds, _ = count_madds(module.backbone, hp["resolution"], hp["in_chans"])
+    split = cfg.split
+    write_results(
+        run_dir,
+        {
+            "model": hp["model"],
+            "width": hp["width"],
+            "resolution": hp["resolution"],
+            "params": sum(p.numel() for p in module.backbone.parameters()),
+            "madds": madds,
+            "split": split,
+            "metrics": {
+                f"{split}/acc1": result["acc1"],
+                f"{split}/acc5": result["acc5"],
+                f"{split}/loss": result["loss"],
+            },
+            "per_class_acc1": dict(zip(names, result["per_class"], strict=True)),
+            "test_samples": result["samples"],
+            "checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()),
+            "last_checkpoint": None,
+            "wall_time_s": time.perf_counter() - started,
+        },
+    )
+    print(
+        f"{split}: top-1 {100 * result['acc1']:.2f}%  top-5 {100 * result['acc5']:.2f}%  on {result['samples']} images"
+    )
+    worst = sorted(zip(result["per_class"], names, strict=True))[:3]
+    print("lowest per-class top-1: " + ", ".join(f"{name} {100 * acc:.1f}%" for acc, name in worst))
+    print(f"results: {run_dir / 'results.json'}; confusion matrix: {run_dir / 'confusion_matrix.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

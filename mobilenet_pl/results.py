@@ -1,0 +1,69 @@
+"""``results.json``: the contract that sweeps, reports and automation read from every run dir."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+REQUIRED_KEYS = (
+    "model",
+    "width",
+    "resolution",
+    "params",
+    "madds",
+    "metrics",
+    "test_samples",
+    "checkpoint",
+    "last_checkpoint",
+    "wall_time_s",
+)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
+    """Write ``results.json`` atomically (a reader never sees half a file)."""
+    results = {**results, "metrics": {k: _plain(v) for k, v in results.get("metrics", {}).items()}}
+    missing = [k for k in REQUIRED_KEYS if k not in results]
+    if missing:
+        raise ValueError(f"results are missing {missing}")
+    path = run_dir / RESULTS_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """The few lines printed at the end of a run."""
+    m = results["metrics"]
+
+    def pct(key: str) -> str:
+        value = m.get(key)
+        return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "n/a"
+
+    lines = [
+        f"model        {results['model']} width {results['width']:g} @ {results['resolution']}px: "
+        f"{results['params'] / 1e6:.3f} M params, {results['madds'] / 1e6:.1f} M mult-adds",
+        f"best val     top-1 {pct('val/acc1')}  top-5 {pct('val/acc5')}",
+        f"test         top-1 {pct('test/acc1')}  top-5 {pct('test/acc5')}  on {results['test_samples']} images",
+        f"throughput   {results.get('train_images_per_s', 0):.0f} train images/s; wall time {results['wall_time_s']:.0f} s",
+        f"checkpoint   {results['checkpoint']}",
+        f"run dir      {results['run_dir']}",
+    ]
+    if results.get("wandb_sync"):
+        lines.append(f"W&B offline  sync later with: {results['wandb_sync']}")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""Helpers for the app tests: compose configs with Hydra's compose API, run the app in-process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from mobilenet_pl.config import config_dir, register_schema
+
+register_schema()
+CONF = Path(config_dir())
+# keep runs tiny: a couple of batches per stage
+FAST = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+    "+trainer.enable_progress_bar=false",
+]
+
+
+def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train") -> DictConfig:
+    """Compose like ``python -m mobilenet_pl.train OVERRIDES`` would, with the run dir in ``run_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def make_image_folder(
+    root: Path, classes: int = 3, per_class: int = 4, splits: tuple[str, ...] = ("train", "val")
+) -> Path:
+    """A tiny ImageNet-layout folder of generated JPEGs."""
+    for split in splits:
+        for c in range(classes):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                color = (60 * c % 255, 90 * i % 255, 120)
+                Image.new("RGB", (48, 40), color).save(folder / f"img_{i}.jpg")
+    return root
+
+
+def run_cli(module: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env_args = [sys.executable, "-m", module, *args]
+    return subprocess.run(env_args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)

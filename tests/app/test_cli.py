@@ -1,0 +1,105 @@
+"""The commands as users type them: real processes, bad input, an installed wheel, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from app_helpers import FAST, run_cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["width=-1"], "error: width=-1.0 is not allowed: width must be a number > 0"),
+        (["resolution=16"], "error: resolution=16 is not allowed: resolution must be a whole number >= 32"),
+        (["data=imagefolder"], "error: data.root is missing: set data.root=/path/to/images"),
+        (["ckpt_path=/no/such.ckpt"], "error: ckpt_path='/no/such.ckpt' is not allowed: no such checkpoint file"),
+        (["width=abc"], "Value 'abc' of type 'str' could not be converted to Float"),
+        (["model=v3"], "Could not find 'model/v3'"),
+    ],
+)
+def test_bad_input_exits_nonzero_without_traceback(args: list[str], expected: str, tmp_path: Path) -> None:
+    proc = run_cli("mobilenet_pl.train", *args, "logger=none", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    if expected.startswith("error:"):
+        assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+            line for line in proc.stderr.splitlines() if line.startswith("error:")
+        ]
+    if args == ["model=v3"]:
+        assert "v1" in proc.stderr and "v2" in proc.stderr  # the allowed choices are listed
+
+
+def test_wheel_ships_configs_and_runs_from_any_directory(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(dist.glob("mobilenet_pl-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "mobilenet_pl/conf/train.yaml" in names and "mobilenet_pl/conf/model/v2.yaml" in names
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "WANDB_MODE": "offline"}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import mobilenet_pl; print(mobilenet_pl.__file__)"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.startswith(str(site))  # the installed wheel, not the source tree
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobilenet_pl.train", "trainer=debug", "logger=none"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = list(workdir.glob("outputs/*/*/results.json"))
+    assert len(results) == 1 and json.loads(results[0].read_text())["model"] == "mobilenet_v2"
+
+
+def test_eval_cli_reports_exact_samples(tmp_path: Path) -> None:
+    train = run_cli(
+        "mobilenet_pl.train", "data=fake", "width=0.25", "logger=none", "data.batch_size=16", *FAST, cwd=tmp_path
+    )
+    assert train.returncode == 0, train.stderr[-2000:]
+    trained = json.loads(next(tmp_path.glob("outputs/*/*/results.json")).read_text())
+    proc = run_cli(
+        "mobilenet_pl.eval",
+        f"ckpt_path={trained['checkpoint']}",
+        "data=fake",
+        "split=test",
+        "data.test_size=50",
+        "batch_size=16",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "on 50 images" in proc.stdout
+    evaluated = json.loads(next(tmp_path.glob("outputs/eval/*/*/results.json")).read_text())
+    assert evaluated["test_samples"] == 50 and len(evaluated["per_class_acc1"]) == 10
+    assert 0 <= evaluated["metrics"]["test/acc1"] <= 1
+    assert next(tmp_path.glob("outputs/eval/*/*/confusion_matrix.png")).stat().st_size > 1000
+    missing = run_cli("mobilenet_pl.eval", "ckpt_path=/no/such.ckpt", cwd=tmp_path)
+    assert missing.returncode == 2 and "no such checkpoint file" in missing.stderr and "Traceback" not in missing.stderr
