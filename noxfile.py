@@ -21,10 +21,10 @@ OFFLINE = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ig
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the offline CPU test suite (``nox -s tests -- -k convert`` passes pytest arguments)."""
+    """Run the offline CPU test suite on 2 workers (``nox -s tests -- -k convert`` passes pytest arguments)."""
     session.install(*TORCH)
     session.install("-e", ".[test,export,sweeps]")
-    session.run("pytest", *session.posargs, env=OFFLINE)
+    session.run("pytest", *(session.posargs or ["-n", "2"]), env=OFFLINE)
 
 
 @nox.session

@@ -38,6 +38,7 @@ class TrainSchema:
     resolution: int | None = None
     seed: int = 0
     ckpt_path: str | None = None
+    auto_resume: bool = True
     test: bool = True
     channels_last: bool = False
     compile: bool = False

@@ -92,7 +92,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     names = list(hp.get("class_names") or [str(i) for i in range(hp["num_classes"])])
     save_confusion_matrix(result["confusion"], names, run_dir / "confusion_matrix.png", f"{cfg.split} confusion matrix")
-    madds, _ = count_madds(module.backbone, hp["resolution"], hp["in_chans"])
+    model = module.to_model()
+    madds, _ = count_madds(model, hp["resolution"], hp["in_chans"])
     split = cfg.split
     write_results(
         run_dir,
@@ -100,7 +101,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "model": hp["model"],
             "width": hp["width"],
             "resolution": hp["resolution"],
-            "params": sum(p.numel() for p in module.backbone.parameters()),
+            "params": sum(p.numel() for p in model.parameters()),
             "madds": madds,
             "split": split,
             "metrics": {

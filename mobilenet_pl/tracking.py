@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def wandb_logger(
     group: str | None = None,
     tags: list[str] | None = None,
     mode: str = "auto",
-    log_model: bool | str = True,
+    log_model: bool | Literal["all"] = True,
 ) -> Any:
     """A Lightning ``WandbLogger`` in the mode ``resolve_mode`` picks, with the resolved config attached."""
     from lightning.pytorch.loggers import WandbLogger

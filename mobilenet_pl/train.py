@@ -2,8 +2,12 @@
 
 Reads top to bottom: validate the config -> seed -> data -> model -> trainer -> fit -> test ->
 results.json. With no arguments it trains a small-input MobileNetV2 on the bundled digits in a few
-minutes on a CPU. Groups: model, data, optimizer, scheduler, trainer, logger, callbacks, experiment
-(see ``--help`` and docs/training.md).
+minutes on a CPU. Groups: model, data, optimizer, scheduler, trainer, logger, callbacks, experiment,
+hparams_search (see ``--help``, docs/training.md and docs/scaling.md).
+
+DDP: Lightning starts ranks 1..N-1 by re-running this command. Left alone, each would re-run Hydra
+(and a whole multirun, sweep included). Instead, the job saves its resolved config and each extra
+rank trains exactly that job in the same run dir, without Hydra (see ``main``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ from mobilenet_pl.results import format_summary, write_results
 
 log = logging.getLogger("mobilenet_pl")
 register_schema()
+
+# Set by a DDP job for the ranks Lightning launches: the job's resolved config and run dir.
+DDP_JOB_ENV = "MOBILENET_PL_DDP_JOB"
+# What Lightning's launcher leaves in os.environ; a later job of the same multirun must start clean.
+_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", DDP_JOB_ENV)
 
 
 @contextlib.contextmanager
@@ -93,14 +102,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> dict[s
     return callbacks
 
 
-def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
+def build_logger(cfg: DictConfig, run_dir: Path, wandb_group: str | None) -> Any:
     if not cfg.logger or "_target_" not in cfg.logger:
         return None
     if cfg.logger._target_.endswith("wandb_logger"):
-        hydra_cfg = HydraConfig.get()
-        # jobs of one sweep share a W&B group named after the sweep dir; each job is its own run
-        group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
-        logger = instantiate(cfg.logger, save_dir=str(run_dir), group=group)
+        logger = instantiate(cfg.logger, save_dir=str(run_dir), group=wandb_group)
         logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})  # the resolved config
         return logger
     return instantiate(cfg.logger, save_dir=str(run_dir))
@@ -148,16 +154,45 @@ def collect_results(
     }
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test and write ``results.json`` into the Hydra run dir; return the results."""
+@contextlib.contextmanager
+def ddp_job_scope(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
+    """Publish this job to the DDP ranks Lightning will launch, and leave no launcher state behind."""
+    before = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
+    job_file = run_dir / ".ddp_job.yaml"
+    OmegaConf.save(cfg, job_file)
+    os.environ[DDP_JOB_ENV] = str(job_file)
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()  # the next job of a multirun starts its own group
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        job_file.unlink(missing_ok=True)
+
+
+def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    """``ckpt_path``, else (``auto_resume``) the job's own ``last.ckpt`` after a preemption requeue."""
+    if cfg.ckpt_path:
+        return str(cfg.ckpt_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return str(last) if cfg.auto_resume and last.is_file() else None
+
+
+def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dict[str, Any]:
+    """Fit, test and write ``results.json`` into ``run_dir``; return the results."""
     started = time.perf_counter()
     validate(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: ImageDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # surfaces data errors (missing folder, offline CIFAR) before any model work
     module = build_module(cfg, datamodule)
-    logger = build_logger(cfg, run_dir)
+    logger = build_logger(cfg, run_dir, wandb_group)
     callbacks = build_callbacks(cfg, run_dir, with_logger=logger is not None)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -165,9 +200,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks=list(callbacks.values()),
         default_root_dir=str(run_dir),
         sync_batchnorm=cfg.recipe.sync_batchnorm,
+        use_distributed_sampler=False,  # our loaders shard exactly (lit/data.py)
     )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if cfg.test:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
@@ -192,11 +228,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns best val top-1 so sweepers (Optuna) can optimise it."""
-    with reported_errors():
-        return train(cfg)["metrics"].get("val/acc1")
+def hydra_main(cfg: DictConfig) -> float | None:
+    """One Hydra job; returns best val top-1 so sweepers (Optuna) can optimise it."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    # jobs of one sweep share a W&B group named after the sweep dir; each job is its own W&B run
+    group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+    with reported_errors(), ddp_job_scope(cfg, run_dir):
+        return train(cfg, run_dir, group)["metrics"].get("val/acc1")
     return None
+
+
+def main() -> None:
+    """``python -m mobilenet_pl.train`` and the ``mobilenet-pl-train`` console script."""
+    job_file = os.environ.get(DDP_JOB_ENV)
+    if job_file and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        # an extra DDP rank: train the launching job's config, in its run dir, without Hydra
+        cfg = OmegaConf.load(job_file)
+        assert isinstance(cfg, DictConfig)
+        train(cfg, Path(job_file).parent)
+        return
+    hydra_main()
 
 
 if __name__ == "__main__":

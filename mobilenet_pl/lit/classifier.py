@@ -2,7 +2,9 @@
 
 Hyperparameters are plain values only (model name, width, dicts of numbers and strings), so a checkpoint
 loads with ``torch.load(path, weights_only=True)`` and ``MobileNetClassifier.load_from_checkpoint(path)``
-needs no other argument. The backbone is ``self.backbone`` (Lightning's BackboneFinetuning expects it).
+needs no other argument. The feature extractor is ``self.backbone`` (a MobileNet without classifier) and
+the linear head is ``self.classifier``, so Lightning's ``BackboneFinetuning`` freezes the one and trains
+the other. ``to_model()`` puts them back together into one MobileNet for export.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from mobilenet_pl.lit.data import IGNORE_INDEX
 from mobilenet_pl.lit.optim import param_groups, scaled_lr
 from mobilenet_pl.models import create_model
 
@@ -89,7 +92,7 @@ class MobileNetClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained"])
-        self.backbone = create_model(
+        net = create_model(
             model,
             width=width,
             num_classes=num_classes,
@@ -98,14 +101,18 @@ class MobileNetClassifier(L.LightningModule):
             drop_path_rate=drop_path_rate,
             small_input=small_input,
             act_layer=act_layer,
-            init=init,  # type: ignore[typeddict-item]
+            init=init,  # type: ignore[arg-type]
             pretrained=pretrained,
         )
-        self.ema: nn.Module | None = None
+        # the head moves out of the backbone (keeping pretrained weights when the class count matches)
+        self.classifier: nn.Module = net.classifier
+        net.reset_classifier(0)
+        self.backbone = net
+        self.ema: Any = None  # timm ModelEmaV3: .module is a Sequential(backbone, classifier)
         if ema_decay > 0:
             from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(self.backbone, decay=ema_decay)
+            self.ema = ModelEmaV3(self._net(), decay=ema_decay)
         self.mixup_fn = None
         if mixup > 0 or cutmix > 0:
             from timm.data import Mixup
@@ -118,19 +125,42 @@ class MobileNetClassifier(L.LightningModule):
         for stage in ("val", "test"):
             metrics = MetricCollection(
                 {
-                    "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-                    "acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+                    "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro", ignore_index=IGNORE_INDEX),
+                    "acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro", ignore_index=IGNORE_INDEX),
                 },
                 prefix=f"{stage}/",
             )
             setattr(self, f"{stage}_metrics", metrics)
             setattr(self, f"{stage}_loss", MeanMetric())
             setattr(self, f"{stage}_samples", SumMetric())
-        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.test_confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
         self.test_confusion: Tensor | None = None  # filled at the end of a test epoch
-        self._compiled: nn.Module | None = None
+        self._compiled: Any = None
 
     # -- forward -------------------------------------------------------------------------------------------
+    def _net(self) -> nn.Sequential:
+        """Backbone and head as one module (a view: no parameters are copied)."""
+        return nn.Sequential(self.backbone, self.classifier)
+
+    def to_model(self, ema: bool = True) -> nn.Module:
+        """One plain MobileNet with this module's weights (the EMA weights when EMA is on and ``ema``)."""
+        hp = self.hparams
+        model = create_model(
+            hp["model"],
+            width=hp["width"],
+            num_classes=hp["num_classes"],
+            in_chans=hp["in_chans"],
+            dropout=hp["dropout"],
+            small_input=hp["small_input"],
+            act_layer=hp["act_layer"],
+        )
+        source = self.ema.module if ema and self.ema is not None else self._net()
+        backbone, classifier = source[0], source[1]
+        model.load_state_dict(
+            {**backbone.state_dict(), **{f"classifier.{k}": v for k, v in classifier.state_dict().items()}}
+        )
+        return model.eval()
+
     def configure_model(self) -> None:
         if self.hparams["channels_last"]:
             self.backbone.to(memory_format=torch.channels_last)
@@ -142,8 +172,8 @@ class MobileNetClassifier(L.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.hparams["channels_last"] else x
 
     def forward(self, x: Tensor) -> Tensor:
-        net = self._compiled if self._compiled is not None else self.backbone
-        return net(self._prepare(x))
+        features = self._compiled if self._compiled is not None else self.backbone
+        return self.classifier(features(self._prepare(x)))
 
     def eval_forward(self, x: Tensor) -> Tensor:
         """Logits from the weights that are evaluated: the EMA copy when EMA is on."""
@@ -162,16 +192,18 @@ class MobileNetClassifier(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
-            self.ema.update(self.backbone, step=self.global_step)
+            self.ema.update(self._net(), step=self.global_step)
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         logits = self.eval_forward(x)
-        loss = F.cross_entropy(logits, y)
+        # under DDP, shards are topped up with IGNORE_INDEX samples: they count nowhere
+        valid = (y != IGNORE_INDEX).sum()
+        loss = F.cross_entropy(logits, y, reduction="sum", ignore_index=IGNORE_INDEX) / valid.clamp(min=1)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits, y)
-        getattr(self, f"{stage}_loss").update(loss, weight=len(y))
-        getattr(self, f"{stage}_samples").update(torch.tensor(float(len(y)), device=self.device))
+        getattr(self, f"{stage}_loss").update(loss, weight=valid)
+        getattr(self, f"{stage}_samples").update(valid)
         # metric objects are logged, so Lightning syncs them across ranks once per epoch
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val")
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_epoch=True)
@@ -192,11 +224,12 @@ class MobileNetClassifier(L.LightningModule):
     # -- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         config = dict(self.hparams["optimizer"] or DEFAULT_OPTIMIZER)
-        weight_decay = config.pop("weight_decay", 0.0)
         if self.hparams["scale_lr"]:
             global_batch = self.trainer.world_size * self._batch_size()
             config["lr"] = scaled_lr(config["lr"], global_batch)
-        optimizer = instantiate(config)(param_groups(self.backbone, weight_decay))
+        # the configured weight decay is also the optimizer default, for groups added later (finetuning)
+        groups = param_groups([self.backbone, self.classifier], config.get("weight_decay", 0.0))
+        optimizer = instantiate(config)(groups)
         scheduler_cfg = self.hparams["scheduler"]
         if not scheduler_cfg:
             return optimizer

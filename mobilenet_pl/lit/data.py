@@ -1,7 +1,12 @@
 """DataModules: bundled digits (the default), ImageNet-style image folders, CIFAR-10/100, FakeData.
 
 ``batch_size`` is per device (per process), as in Lightning; the global batch is
-``batch_size x devices x num_nodes``, which is what ``optimizer.scale_lr`` scales by.
+``batch_size x devices x num_nodes``, which is what ``recipe.scale_lr`` scales by.
+
+Under DDP the loaders shard themselves (the app sets ``use_distributed_sampler=False``): training uses
+a ``DistributedSampler``; validation and test use ``EvalShard``, which gives every sample to exactly
+one rank and tops shorter shards up with copies labelled ``IGNORE_INDEX`` that all metrics skip, so
+distributed accuracy equals single-process accuracy (Lightning's default pads with duplicates that count).
 """
 
 from __future__ import annotations
@@ -13,10 +18,31 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from torchvision.transforms import v2 as T
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IGNORE_INDEX = -100  # label of padding samples; F.cross_entropy's default ignore_index
+
+
+class EvalShard(Dataset[tuple[Tensor, int]]):
+    """Rank ``rank`` of ``world`` sees samples rank, rank + world, ...; every rank gets the same length
+    (so collective ops stay in step), and the top-up samples carry ``IGNORE_INDEX``."""
+
+    def __init__(self, dataset: Dataset[Any], rank: int, world: int) -> None:
+        self.dataset = dataset
+        size = len(dataset)  # type: ignore[arg-type]
+        self.indices = list(range(rank, size, world))
+        self.length = -(-size // world)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        if index < len(self.indices):
+            return self.dataset[self.indices[index]]  # type: ignore[no-any-return]
+        image, _ = self.dataset[self.indices[0] if self.indices else 0]
+        return image, IGNORE_INDEX
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -47,13 +73,26 @@ class ImageDataModule(L.LightningDataModule):
         self.test_set: Dataset[Any] | None = None
         self.class_names: list[str] = []
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def _loader(self, dataset: Dataset[Any] | None, train: bool) -> DataLoader[Any]:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a data loader")
+        rank, world = self._rank_and_world()
+        sampler: DistributedSampler[Any] | None = None
+        if world > 1 and train:
+            sampler = DistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+            )
+        elif world > 1:
+            dataset = EvalShard(dataset, rank, world)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -70,7 +109,7 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False)
 
     def split_dataloader(self, split: str) -> DataLoader[Any]:
-        """The loader of ``split`` (``train`` without shuffling or augmentation where possible)."""
+        """The loader of ``split`` in a fixed order (for ``train``: no shuffling, augmentation kept)."""
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be one of ['train', 'val', 'test'], got {split!r}")
         return self._loader(getattr(self, f"{split}_set"), train=False)
@@ -177,13 +216,21 @@ class ImageFolderDataModule(ImageDataModule):
 
         assert self.root is not None
         self.train_set = ImageFolder(str(self.root / "train"), pil_transforms(self.resolution, True, self.randaugment))
-        self.val_set = ImageFolder(str(self.root / "val"), pil_transforms(self.resolution, False))
         test_dir = self.root / "test" if (self.root / "test").is_dir() else self.root / "val"
-        self.test_set = ImageFolder(str(test_dir), pil_transforms(self.resolution, False))
-        for split, dataset in (("val", self.val_set), ("test", self.test_set)):
-            unknown = sorted(set(dataset.classes) - set(self.class_names))
-            if unknown:
-                raise ValueError(f"data.root: {split} has classes absent from train: {unknown[:5]}")
+        val_set = ImageFolder(str(self.root / "val"), pil_transforms(self.resolution, False))
+        test_set = ImageFolder(str(test_dir), pil_transforms(self.resolution, False))
+        self.val_set, self.test_set = self._align(val_set, "val"), self._align(test_set, "test")
+
+    def _align(self, dataset: Any, split: str) -> Any:
+        """Give ``split`` the training set's class indices (its own folder list may be a subset)."""
+        unknown = sorted(set(dataset.classes) - set(self.class_names))
+        if unknown:
+            raise ValueError(f"data.root={str(self.root)!r}: {split}/ has classes absent from train/: {unknown[:5]}")
+        index = {name: i for i, name in enumerate(self.class_names)}
+        dataset.samples = [(path, index[dataset.classes[target]]) for path, target in dataset.samples]
+        dataset.targets = [target for _, target in dataset.samples]
+        dataset.classes, dataset.class_to_idx = list(self.class_names), index
+        return dataset
 
 
 class CIFARDataModule(ImageDataModule):

@@ -16,10 +16,24 @@ from torch.optim.lr_scheduler import LambdaLR
 SchedulerConfig = dict[str, Any]
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+class GroupTolerantLambdaLR(LambdaLR):
+    """LambdaLR that adopts parameter groups added mid-training (Lightning's BackboneFinetuning adds one
+    when it unfreezes): the new group follows the same schedule from the lr it was added with."""
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        for group in self.optimizer.param_groups[len(self.base_lrs) :]:
+            factor = self.lr_lambdas[0](max(self.last_epoch - 1, 0)) or 1.0
+            group.setdefault("initial_lr", group["lr"] / factor)
+            self.base_lrs.append(group["initial_lr"])
+            self.lr_lambdas.append(self.lr_lambdas[0])
+        return [float(lr) for lr in super().get_lr()]
+
+
+def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
     """Two groups: weight decay on conv/linear weights, none on BatchNorm parameters and biases."""
-    decay, no_decay = [], []
-    for param in module.parameters():
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for param in (p for module in modules for p in module.parameters()):
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -48,7 +62,7 @@ def warmup_cosine(
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return {"scheduler": LambdaLR(optimizer, factor), "interval": "step"}
+    return {"scheduler": GroupTolerantLambdaLR(optimizer, factor), "interval": "step"}
 
 
 def exponential(optimizer: torch.optim.Optimizer, *, gamma: float = 0.98, **_: Any) -> SchedulerConfig:
@@ -63,4 +77,4 @@ def step(optimizer: torch.optim.Optimizer, *, step_size: int = 1, gamma: float =
 
 def constant(optimizer: torch.optim.Optimizer, **_: Any) -> SchedulerConfig:
     """No schedule: the learning rate stays where the optimizer config put it."""
-    return {"scheduler": LambdaLR(optimizer, lambda _step: 1.0), "interval": "epoch"}
+    return {"scheduler": GroupTolerantLambdaLR(optimizer, lambda _step: 1.0), "interval": "epoch"}

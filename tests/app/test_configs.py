@@ -147,3 +147,25 @@ def test_imagefolder_without_root_is_refused(run_dir: Path, tmp_path: Path) -> N
         ConfigError, match=r"data.root=.*missing' is not allowed: it must be an existing, non-empty folder"
     ):
         validate(cfg)
+
+
+def test_imagefolder_val_subset_keeps_train_class_indices(tmp_path: Path) -> None:
+    from mobilenet_pl.lit.data import ImageFolderDataModule
+
+    root = make_image_folder(tmp_path / "images", classes=3, splits=("train",))
+    make_image_folder(tmp_path / "val_only", classes=3, splits=("val",))
+    (root / "val").mkdir()
+    (tmp_path / "val_only" / "val" / "class_2").rename(root / "val" / "class_2")  # val holds class_2 only
+    datamodule = ImageFolderDataModule(root=str(root), resolution=32, batch_size=4)
+    datamodule.setup("fit")
+    assert {label for _, label in datamodule.val_set.samples} == {2}
+
+
+def test_imagefolder_val_class_absent_from_train_is_refused(tmp_path: Path) -> None:
+    from mobilenet_pl.lit.data import ImageFolderDataModule
+
+    root = make_image_folder(tmp_path / "images", classes=2)
+    (root / "val" / "zebra").mkdir()
+    (root / "val" / "class_0" / "img_0.jpg").rename(root / "val" / "zebra" / "img_0.jpg")
+    with pytest.raises(ValueError, match=r"val/ has classes absent from train/: \['zebra'\]"):
+        ImageFolderDataModule(root=str(root), resolution=32).setup("fit")

@@ -25,7 +25,7 @@ def test_fast_dev_run_end_to_end(model: str, data: str, run_dir: Path, tmp_path:
             "data.num_workers=0",
             "data.batch_size=4",
         ]
-    results = train(compose_train(overrides, run_dir))
+    results = train(compose_train(overrides, run_dir), run_dir)
     saved = json.loads((run_dir / "results.json").read_text())
     assert set(REQUIRED_KEYS) <= set(saved)
     assert saved["model"] == f"mobilenet_{model}" and saved["width"] == 0.25
@@ -41,7 +41,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     cfg = compose_train(
         ["data=fake", "width=0.25", "data.batch_size=16", "logger=wandb", "trainer.log_every_n_steps=1", *FAST], run_dir
     )
-    results = train(cfg)
+    results = train(cfg, run_dir)
     return results, run_dir
 
 
@@ -50,7 +50,7 @@ def test_results_json_contract(trained: tuple[dict, Path]) -> None:
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved["test_samples"] == 32  # 2 test batches of 16: exactly what was evaluated
     assert saved["params"] == sum(
-        p.numel() for p in MobileNetClassifier.load_from_checkpoint(saved["checkpoint"]).backbone.parameters()
+        p.numel() for p in MobileNetClassifier.load_from_checkpoint(saved["checkpoint"]).to_model().parameters()
     )
     assert saved["madds"] > 1e6
     assert Path(saved["checkpoint"]).is_file() and Path(saved["last_checkpoint"]).name == "last.ckpt"
@@ -69,7 +69,8 @@ def test_checkpoint_loads_safely_with_no_arguments(trained: tuple[dict, Path]) -
         module.state_dict()["backbone.stem.conv.weight"], raw["state_dict"]["backbone.stem.conv.weight"]
     )
     last = MobileNetClassifier.load_from_checkpoint(results["last_checkpoint"])
-    assert last.backbone(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    assert last(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    assert last.to_model()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
 
 
 def test_offline_wandb_run_holds_metrics(trained: tuple[dict, Path]) -> None:
@@ -106,7 +107,7 @@ def test_resume_from_last_checkpoint(trained: tuple[dict, Path], tmp_path: Path)
         ],
         run_dir,
     )
-    resumed = train(cfg)
+    resumed = train(cfg, run_dir)
     assert resumed["epochs"] == 2
 
 
@@ -124,9 +125,9 @@ def test_compile_and_channels_last_keep_clean_keys(run_dir: Path) -> None:
         ],
         run_dir,
     )
-    results = train(cfg)
+    results = train(cfg, run_dir)
     raw = torch.load(results["last_checkpoint"], weights_only=True)
-    assert all(k.startswith(("backbone.", "val_", "test_")) for k in raw["state_dict"])
+    assert all(k.startswith(("backbone.", "classifier.", "val_", "test_")) for k in raw["state_dict"])
     assert not any("_orig_mod" in k for k in raw["state_dict"])
 
 
@@ -147,9 +148,49 @@ def test_recipe_options_train(run_dir: Path) -> None:
         ],
         run_dir,
     )
-    results = train(cfg)
+    results = train(cfg, run_dir)
     module = MobileNetClassifier.load_from_checkpoint(results["last_checkpoint"])
     assert module.ema is not None
-    ema_w, w = module.ema.module.stem.conv.weight, module.backbone.stem.conv.weight
+    ema_w, w = module.ema.module[0].stem.conv.weight, module.backbone.stem.conv.weight
     assert not torch.equal(ema_w, w)  # the EMA copy trails the trained weights
     assert (run_dir / "csv").is_dir()
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "exponential"])
+def test_backbone_finetuning_freezes_then_unfreezes(scheduler: str, tmp_path: Path) -> None:
+    """Lightning's BackboneFinetuning: the head learns while the backbone is frozen, then both do."""
+    import lightning as L
+    from lightning.pytorch.callbacks import BackboneFinetuning
+    from omegaconf import OmegaConf
+
+    from mobilenet_pl.lit.data import FakeDataModule
+
+    sched = OmegaConf.to_container(
+        OmegaConf.load(Path(__file__).parents[2] / "conf" / "scheduler" / f"{scheduler}.yaml")
+    )
+    module = MobileNetClassifier(model="v2", width=0.25, num_classes=10, resolution=32, scheduler=sched)
+    start = {k: v.clone() for k, v in module.state_dict().items()}
+    conv, head = "backbone.stages.1.0.conv_pw.conv.weight", "classifier.weight"
+
+    def changed(key: str) -> bool:
+        return not torch.equal(module.state_dict()[key], start[key])
+
+    datamodule = FakeDataModule(resolution=32, batch_size=8)
+    trainer_args = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "limit_train_batches": 2,
+        "limit_val_batches": 1,
+        "default_root_dir": str(tmp_path),
+    }
+    # epoch 0 (frozen): only the head and BatchNorm learn
+    L.Trainer(max_epochs=1, callbacks=[BackboneFinetuning(unfreeze_backbone_at_epoch=1)], **trainer_args).fit(
+        module, datamodule
+    )
+    assert changed(head) and not changed(conv)
+    # a fresh run of 2 epochs unfreezes at epoch 1; the schedule adopts the added parameter group
+    L.Trainer(max_epochs=2, callbacks=[BackboneFinetuning(unfreeze_backbone_at_epoch=1)], **trainer_args).fit(
+        module, datamodule
+    )
+    assert changed(conv)

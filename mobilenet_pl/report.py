@@ -1,0 +1,159 @@
+"""Sweep report: ``python -m mobilenet_pl.report SWEEP_DIR``.
+
+Reads every job's ``results.json`` under a multirun dir and writes ``summary.csv`` (one row per job)
+and ``tradeoff.png`` (accuracy vs mult-adds, one labelled point per job: the papers' Figures 4 and 5
+on your data). Runs by itself at the end of every multirun through the ``SweepSummary`` Hydra callback.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mobilenet_pl.plots import _pyplot
+from mobilenet_pl.results import RESULTS_FILE, read_results
+
+COLUMNS = [
+    "job",
+    "model",
+    "width",
+    "resolution",
+    "params",
+    "madds",
+    "val_acc1",
+    "test_acc1",
+    "test_acc5",
+    "test_samples",
+    "epochs",
+    "wall_time_s",
+    "run_dir",
+]
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job that wrote results.json, in job order."""
+    rows = []
+    for path in sorted(sweep_dir.rglob(RESULTS_FILE), key=lambda p: _job_key(p.parent.name)):
+        results = read_results(path)
+        metrics = results.get("metrics", {})
+        rows.append(
+            {
+                "job": path.parent.relative_to(sweep_dir).as_posix(),
+                "model": results["model"],
+                "width": results["width"],
+                "resolution": results["resolution"],
+                "params": results["params"],
+                "madds": results["madds"],
+                "val_acc1": metrics.get("val/acc1"),
+                "test_acc1": metrics.get("test/acc1"),
+                "test_acc5": metrics.get("test/acc5"),
+                "test_samples": results.get("test_samples"),
+                "epochs": results.get("epochs"),
+                "wall_time_s": round(results.get("wall_time_s", 0.0), 1),
+                "run_dir": str(path.parent),
+            }
+        )
+    return rows
+
+
+def _job_key(name: str) -> tuple[int, str]:
+    return (int(name), name) if name.isdigit() else (10**9, name)
+
+
+def write_summary(rows: list[dict[str, Any]], path: Path) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Accuracy vs mult-adds (log scale); points of one model and resolution are joined by width."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    metric = "test_acc1" if all(r["test_acc1"] is not None for r in rows) else "val_acc1"
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["resolution"]), []).append(row)
+    for (model, resolution), members in sorted(groups.items()):
+        members.sort(key=lambda r: r["madds"])
+        xs = [r["madds"] / 1e6 for r in members]
+        ys = [100 * (r[metric] or 0.0) for r in members]
+        ax.plot(xs, ys, marker="o", label=f"{model.replace('mobilenet_', '')} @ {resolution}px")
+        for r, x, y in zip(members, xs, ys, strict=True):
+            ax.annotate(
+                f"{model.replace('mobilenet_', '')} {r['width']:g}@{r['resolution']}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("mult-adds (millions, log scale)")
+    ax.set_ylabel(f"{metric.replace('_acc1', '')} top-1 (%)")
+    ax.set_title("accuracy vs computation (one point per job)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(sweep_dir: str | Path) -> tuple[Path, Path] | None:
+    """summary.csv and tradeoff.png in ``sweep_dir``; None when no job finished."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    if not rows:
+        return None
+    return write_summary(rows, sweep_dir / "summary.csv"), plot_tradeoff(rows, sweep_dir / "tradeoff.png")
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'job':<6}{'model':<14}{'width':>6}{'res':>5}{'M madds':>9}{'val top-1':>10}{'test top-1':>11}"]
+    for r in rows:
+        val = f"{100 * r['val_acc1']:.2f}" if r["val_acc1"] is not None else "-"
+        test = f"{100 * r['test_acc1']:.2f}" if r["test_acc1"] is not None else "-"
+        lines.append(
+            f"{r['job']:<6}{r['model']:<14}{r['width']:>6g}{r['resolution']:>5}{r['madds'] / 1e6:9.1f}{val:>10}{test:>11}"
+        )
+    return "\n".join(lines)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: write the sweep report when a multirun ends (also for Optuna and SLURM)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        written = write_report(config.hydra.sweep.dir)
+        if written:
+            print(f"sweep summary: {written[0]}\ntrade-off plot: {written[1]}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print(__doc__.strip().splitlines()[0].replace("Sweep report: ", "usage: "))
+        print("Writes SWEEP_DIR/summary.csv and SWEEP_DIR/tradeoff.png from the jobs' results.json files.")
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    sweep_dir = Path(args[0])
+    if not sweep_dir.is_dir():
+        print(f"error: SWEEP_DIR={args[0]!r} is not a folder", file=sys.stderr)
+        return 2
+    written = write_report(sweep_dir)
+    if written is None:
+        print(f"error: no {RESULTS_FILE} under {args[0]!r} (did any job finish?)", file=sys.stderr)
+        return 2
+    print(format_rows(collect(sweep_dir)))
+    print(f"summary: {written[0]}\nplot: {written[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
