@@ -16,7 +16,14 @@ nox.options.reuse_existing_virtualenvs = False
 
 # Override with e.g. MOBILENET_PL_TORCH="torch==2.5.1 torchvision==0.20.1" on other machines.
 TORCH = os.environ.get("MOBILENET_PL_TORCH", "torch==2.14.1 torchvision==0.29.1").split()
-OFFLINE = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
+# One BLAS/OpenMP thread per process: the suite runs 2 xdist workers and spawns DDP and CLI processes on
+# a 2-core machine; oversubscribed OpenMP threads spin and slow everything down by an order of magnitude.
+OFFLINE = {
+    "WANDB_MODE": "offline",
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONWARNINGS": "ignore::FutureWarning",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 @nox.session

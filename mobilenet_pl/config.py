@@ -116,5 +116,21 @@ def validate(cfg: DictConfig) -> None:
                 f"trainer.devices={devices} is not allowed: only {available} {trainer.accelerator} device(s) here"
             )
     _number("trainer.max_epochs", trainer.get("max_epochs", 1), 1, inclusive=True, kind="whole number")
-    if cfg.ckpt_path is not None and not Path(str(cfg.ckpt_path)).expanduser().is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} is not allowed: no such checkpoint file")
+    if cfg.ckpt_path is not None:
+        check_checkpoint("ckpt_path", str(cfg.ckpt_path))
+
+
+def check_checkpoint(key: str, path: str) -> None:
+    """The file exists and holds only tensors and plain values (``torch.load(weights_only=True)``)."""
+    import torch
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"{key}={path!r} is not allowed: no such checkpoint file")
+    try:
+        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # UnpicklingError for code objects, RuntimeError for truncated files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        raise ConfigError(
+            f"{key}={path!r} is not allowed: not a loadable tensor-only checkpoint, refused for safety ({first[:200]})"
+        ) from err

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from mobilenet_pl.config import ConfigError, config_dir
+from mobilenet_pl.config import ConfigError, check_checkpoint, config_dir
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.models.cost import count_madds
 from mobilenet_pl.plots import save_confusion_matrix
@@ -30,9 +30,7 @@ from mobilenet_pl.train import reported_errors
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> MobileNetClassifier:
     """Load our checkpoint safely (``weights_only=True``), with a clear error when it is missing."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={str(path)!r} is not allowed: no such checkpoint file")
+    check_checkpoint("ckpt_path", str(path))
     module = MobileNetClassifier.load_from_checkpoint(path, map_location=device, weights_only=True)
     return module.eval()
 

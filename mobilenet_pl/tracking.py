@@ -62,26 +62,41 @@ def wandb_logger(
         log_model = False
     os.environ["WANDB_MODE"] = resolved  # so every W&B call of this process agrees, no prompts
     os.environ.setdefault("WANDB_SILENT", "true")
-    logger = WandbLogger(
-        project=project,
-        entity=entity,
-        name=name,
-        group=group,
-        tags=list(tags or []),
-        save_dir=save_dir,
-        mode=resolved,
-        log_model=log_model,
-        settings=_settings(),
-    )
-    logger.resolved_mode = resolved  # type: ignore[attr-defined]
+
+    def make(run_mode: str, upload: bool | Literal["all"]) -> Any:
+        logger = WandbLogger(
+            project=project,
+            entity=entity,
+            name=name,
+            group=group,
+            tags=list(tags or []),
+            save_dir=save_dir,
+            mode=run_mode,
+            log_model=upload,
+            settings=_settings(),
+        )
+        logger.resolved_mode = run_mode  # type: ignore[attr-defined]
+        return logger
+
+    logger = make(resolved, log_model)
+    if resolved == "online":
+        try:
+            logger.experiment  # noqa: B018 -- start the run now, so a dead server is found before training
+        except Exception as err:  # the service refused or timed out: keep training, log locally
+            import wandb
+
+            log.warning("W&B online start failed (%s: %s); logging offline instead", err.__class__.__name__, err)
+            wandb.finish()
+            os.environ["WANDB_MODE"] = "offline"
+            logger = make("offline", False)
     return logger
 
 
 def _settings() -> Any:
     import wandb
 
-    # no console capture thread and a short init timeout: training must never wait on W&B
-    return wandb.Settings(console="off", init_timeout=30, silent=True)
+    # no console capture thread and a bounded start: training must never wait on W&B
+    return wandb.Settings(console="off", init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 30)), silent=True)
 
 
 def finish(logger: Any) -> str | None:

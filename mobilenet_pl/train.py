@@ -30,6 +30,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mobilenet_pl.config import ConfigError, config_dir, register_schema, validate
+from mobilenet_pl.lit.callbacks import NonFiniteLossError
+from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.lit.data import ImageDataModule
 from mobilenet_pl.models import create_model
@@ -50,7 +52,14 @@ def reported_errors() -> Iterator[None]:
     """Bad input becomes one ``error:`` line and exit status 2 (HYDRA_FULL_ERROR=1 shows the traceback)."""
     try:
         yield
-    except (ConfigError, InstantiationException, ValueError, FileNotFoundError) as err:
+    except (
+        ConfigError,
+        InstantiationException,
+        ValueError,
+        FileNotFoundError,
+        NonFiniteLossError,
+        CheckpointWriteError,
+    ) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
@@ -97,7 +106,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> dict[s
     for name, conf in (cfg.callbacks or {}).items():
         if name == "lr_monitor" and not with_logger:
             continue  # LearningRateMonitor refuses to run without a logger
-        extra = {"dirpath": str(run_dir / "checkpoints")} if name == "checkpoint" else {}
+        is_checkpoint = str(conf.get("_target_", "")).endswith("ModelCheckpoint")
+        extra = {"dirpath": str(run_dir / "checkpoints")} if is_checkpoint else {}
         callbacks[name] = instantiate(conf, **extra)
     return callbacks
 
@@ -201,9 +211,10 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
         default_root_dir=str(run_dir),
         sync_batchnorm=cfg.recipe.sync_batchnorm,
         use_distributed_sampler=False,  # our loaders shard exactly (lit/data.py)
+        plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves a broken checkpoint
     )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if cfg.test:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")

@@ -1,12 +1,117 @@
-"""Callbacks of the training app: training throughput, and the W&B test-time report."""
+"""Callbacks of the training app: throughput, the W&B test report, and the reliability guards
+(per-epoch reseeding for exact resume, a checkpoint on SIGTERM, a stop on a non-finite loss)."""
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; training stopped before saving those weights."""
+
+
+class EpochSeed(L.Callback):
+    """Reseed every RNG from (seed, epoch) right before each epoch's training batches are drawn.
+
+    With ``trainer.deterministic=true`` and ``data.num_workers=0``, a run resumed from an epoch's
+    ``last.ckpt`` then draws the same augmentations, shuffles and dropout masks as an uninterrupted
+    run, and ends with identical weights. The seed is set at the end of the previous epoch (and at
+    the start of fit and after the sanity check, for a resumed run) rather than in
+    ``on_train_epoch_start``, because a resumed Lightning loop creates the first batch's iterator
+    before that hook runs, an uninterrupted one after it.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._start_epoch = 0
+
+    def _reseed(self, epoch: int) -> None:
+        L.seed_everything(self.seed + 1_000_003 * epoch, workers=True, verbose=False)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # the loops restore their epoch only later; last.ckpt is written at an epoch's end
+        self._start_epoch = int(checkpoint.get("epoch", -1)) + 1
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reseed(self._start_epoch)
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reseed(self._start_epoch)  # the sanity check's validation iterator drew from the RNG
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reseed(trainer.current_epoch + 1)
+
+
+class CheckpointOnSigterm(L.Callback):
+    """On SIGTERM (scheduler kill, preemption warning) save ``last.ckpt`` after the current batch.
+
+    Lightning then stops training and the process exits cleanly; ``ckpt_path=.../last.ckpt``
+    (or ``auto_resume`` in the same run dir) continues from that batch's epoch.
+    """
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not trainer.received_sigterm:
+            return
+        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
+        path = Path(dirpath) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            print(
+                f"received SIGTERM: saved {path} (epoch {trainer.current_epoch}, step {trainer.global_step}); resume with ckpt_path={path}",
+                flush=True,
+            )
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stop with ``NonFiniteLossError`` when the training loss is NaN or infinite.
+
+    The check accumulates on the device and reads it back only every ``check_every_n_steps`` steps and
+    before validation and epoch-end checkpointing, so it adds no host synchronisation per step and no
+    checkpoint is ever written from non-finite weights.
+    """
+
+    def __init__(self, check_every_n_steps: int = 10) -> None:
+        self.check_every_n_steps = max(1, check_every_n_steps)
+        self._bad: torch.Tensor | None = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach())
+        self._bad = bad if self._bad is None else self._bad | bad
+        if (batch_idx + 1) % self.check_every_n_steps == 0:
+            self._check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self._bad is None or not bool(self._bad):
+            return
+        self._bad = None
+        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+        last = Path(dirpath, "last.ckpt") if dirpath else None
+        kept = f"the last good checkpoint is {last}" if last and last.is_file() else "no checkpoint was written yet"
+        raise NonFiniteLossError(
+            f"training loss became NaN/inf in epoch {trainer.current_epoch} (by step {trainer.global_step}); "
+            f"{kept}. Lower optimizer.lr or set trainer.gradient_clip_val."
+        )
 
 
 class Throughput(L.Callback):

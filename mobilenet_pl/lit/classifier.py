@@ -14,7 +14,6 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -223,6 +222,8 @@ class MobileNetClassifier(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
+        from hydra.utils import instantiate  # only here: the module imports without Hydra (benchmarks, export)
+
         config = dict(self.hparams["optimizer"] or DEFAULT_OPTIMIZER)
         if self.hparams["scale_lr"]:
             global_batch = self.trainer.world_size * self._batch_size()

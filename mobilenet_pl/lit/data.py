@@ -11,6 +11,7 @@ distributed accuracy equals single-process accuracy (Lightning's default pads wi
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,8 @@ class ImageDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for a data loader")
         rank, world = self._rank_and_world()
         sampler: DistributedSampler[Any] | None = None
-        if world > 1 and train:
+        if train:
+            # the shuffle order is a function of (seed, epoch) alone, also in one process: exact resume
             sampler = DistributedSampler(
                 dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
             )
@@ -91,7 +93,6 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
@@ -185,14 +186,52 @@ def pil_transforms(resolution: int, train: bool, randaugment: str | None = None)
     )
 
 
+def tolerant_image_folder(root: str, transform: Any, on_corrupt: str = "skip") -> Any:
+    """A torchvision ImageFolder that names unreadable images and skips them (or fails, ``on_corrupt="error"``).
+
+    A skipped file is replaced by the next readable one, with a warning that counts the skips of this
+    process (each DataLoader worker counts its own). Errors propagate out of workers: nothing hangs.
+    """
+    from torchvision.datasets import ImageFolder
+
+    class TolerantImageFolder(ImageFolder):
+        skipped = 0
+
+        def __getitem__(self, index: int) -> Any:
+            for offset in range(len(self.samples)):
+                i = (index + offset) % len(self.samples)
+                try:
+                    return super().__getitem__(i)
+                except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated, broken
+                    path = self.samples[i][0]
+                    if on_corrupt == "error":
+                        raise RuntimeError(
+                            f"corrupt or unreadable image {path} ({err}); data.on_corrupt=skip skips such files"
+                        ) from err
+                    TolerantImageFolder.skipped += 1
+                    warnings.warn(
+                        f"skipping corrupt image {path} ({err.__class__.__name__}); {TolerantImageFolder.skipped} skipped so far in this process",
+                        stacklevel=2,
+                    )
+            raise RuntimeError(f"no readable image at all in {root}")
+
+    if on_corrupt not in ("skip", "error"):
+        raise ValueError(f"data.on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
+    return TolerantImageFolder(root, transform)
+
+
 class ImageFolderDataModule(ImageDataModule):
     """ImageNet layout: ``root/train/<class>/*`` and ``root/val/<class>/*`` (``root/test`` if present,
-    else the val folder is also the test set)."""
+    else the val folder is also the test set). Unreadable images are skipped with a warning, or stop
+    the run with ``on_corrupt="error"``."""
 
-    def __init__(self, *, root: str | None = None, randaugment: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, root: str | None = None, randaugment: str | None = None, on_corrupt: str = "skip", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root).expanduser() if root else None
         self.randaugment = randaugment
+        self.on_corrupt = on_corrupt
         self._scan()
 
     def _scan(self) -> None:
@@ -212,13 +251,15 @@ class ImageFolderDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        from torchvision.datasets import ImageFolder
-
         assert self.root is not None
-        self.train_set = ImageFolder(str(self.root / "train"), pil_transforms(self.resolution, True, self.randaugment))
+        train_tf, eval_tf = (
+            pil_transforms(self.resolution, True, self.randaugment),
+            pil_transforms(self.resolution, False),
+        )
+        self.train_set = tolerant_image_folder(str(self.root / "train"), train_tf, self.on_corrupt)
         test_dir = self.root / "test" if (self.root / "test").is_dir() else self.root / "val"
-        val_set = ImageFolder(str(self.root / "val"), pil_transforms(self.resolution, False))
-        test_set = ImageFolder(str(test_dir), pil_transforms(self.resolution, False))
+        val_set = tolerant_image_folder(str(self.root / "val"), eval_tf, self.on_corrupt)
+        test_set = tolerant_image_folder(str(test_dir), eval_tf, self.on_corrupt)
         self.val_set, self.test_set = self._align(val_set, "val"), self._align(test_set, "test")
 
     def _align(self, dataset: Any, split: str) -> Any:

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from app_helpers import FAST, run_cli
+from helpers import FAST, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 

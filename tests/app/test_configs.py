@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from app_helpers import CONF, compose_train, make_image_folder
+from helpers import CONF, compose_train, make_image_folder
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 

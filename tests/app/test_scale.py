@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from app_helpers import run_cli
+from helpers import run_cli
 from torch.utils.data import TensorDataset
 
 from mobilenet_pl.eval import evaluate, load_checkpoint

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from app_helpers import FAST, compose_train, make_image_folder
+from helpers import FAST, compose_train, make_image_folder
 
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.results import REQUIRED_KEYS

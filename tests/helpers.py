@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -57,3 +58,14 @@ def make_image_folder(
 def run_cli(module: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     env_args = [sys.executable, "-m", module, *args]
     return subprocess.run(env_args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class StopAfterEpoch(L.Callback):
+    """Ends fit after ``epoch`` as an interruption would (same config, same schedule, last.ckpt saved)."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.epoch:
+            trainer.should_stop = True
