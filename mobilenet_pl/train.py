@@ -34,7 +34,6 @@ from mobilenet_pl.lit.callbacks import NonFiniteLossError
 from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.lit.data import ImageDataModule
-from mobilenet_pl.models import create_model
 from mobilenet_pl.models.cost import count_madds
 from mobilenet_pl.results import format_summary, write_results
 
@@ -131,13 +130,7 @@ def collect_results(
     run_dir: Path,
 ) -> dict[str, Any]:
     hp = module.hparams
-    model = create_model(
-        hp["model"],
-        width=hp["width"],
-        num_classes=hp["num_classes"],
-        in_chans=hp["in_chans"],
-        small_input=hp["small_input"],
-    )
+    model = module.to_model()
     madds, _ = count_madds(model, hp["resolution"], hp["in_chans"])
     ckpt = trainer.checkpoint_callback
     best_val = getattr(ckpt, "best_model_score", None)
