@@ -1,0 +1,817 @@
+"""Speed benchmark: ``python -m mobilenet_pl.benchmark [model=all] [device=cpu] [sections=...] [json=PATH]``.
+
+Measures, in one run, our MobileNets against timm's and torchvision's at the same width: training-step
+and inference throughput, batch-1 latency, the Lightning loop's per-step overhead over a plain PyTorch
+loop, the input pipeline, and deployed (ONNX Runtime) latency. Contenders are measured in alternation:
+every contender is warmed up first, then each repetition times every contender once, in an order that
+rotates between repetitions, so drifting machine load hits all of them alike; the median repetition is
+reported. Ratios are speeds relative to the best peer (> 1: faster than it). Nothing here needs Hydra,
+OmegaConf or W&B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilenet_pl.models import create_model
+from mobilenet_pl.profile import parse_overrides, to_bool, to_number
+
+SECTIONS = ("train", "infer", "lightning", "pipeline", "export")
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FAMILIES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
+# per-device defaults: a CPU run of every section takes a few minutes on 2 cores
+DEVICE_DEFAULTS = {
+    "cpu": {"resolution": "128", "batch_size": "16", "steps": "2"},
+    "cuda": {"resolution": "224", "batch_size": "128", "steps": "20"},
+}
+LATENCY_CALLS_PER_STEP = 10  # batch-1 calls are short: time 10 x steps of them per repetition
+PIPELINE_IMAGES = 256  # JPEGs generated for the pipeline section (256 x 256, 4 classes)
+LR, MOMENTUM, WEIGHT_DECAY, LABEL_SMOOTHING = 0.01, 0.9, 4e-5, 0.1
+
+USAGE = """usage: python -m mobilenet_pl.benchmark [model=all|v1|v2] [width=1.0] [resolution=R] [batch_size=B]
+           [device=cpu|cuda] [precision=fp32|bf16|fp16] [channels_last=false] [compile=false] [steps=S]
+           [repeats=5] [warmup=2] [infer_batch=64] [threads=N] [sections=train,infer,lightning,pipeline,export]
+           [json=benchmark.json]
+
+Sections (all by default):
+  train      images/s of a training step (forward + backward + SGD step), ours vs timm vs torchvision
+  infer      inference latency at batch 1 (ms) and throughput at batch infer_batch (images/s)
+  lightning  ms per step of Lightning's Trainer vs a plain PyTorch loop, same MobileNetClassifier and batches
+  pipeline   JPEG decode + augment images/s in one process (= per DataLoader worker), ours vs timm transforms
+  export     batch-1 latency of the BN-folded ONNX export in onnxruntime (fp32 and int8) vs peers exported
+             the same way and vs eager PyTorch; always on the CPU, in fp32
+Defaults: model=all (V1 and V2), width=1.0, device=cpu, precision=fp32, channels_last=false, compile=false,
+repeats=5, warmup=2, infer_batch=64, threads = torch's default (one per core; onnxruntime gets the
+same), json=benchmark.json; on cpu resolution=128 batch_size=16 steps=2,
+on cuda resolution=224 batch_size=128 steps=20. steps = timed steps per contender per repetition
+(x10 calls for batch-1 latency, x batch_size images for the pipeline). Peers: timm mobilenetv1_100/125,
+mobilenetv2_035/050/075/100/140 (others are skipped), torchvision mobilenet_v2(width_mult=width); there
+is no torchvision V1. Prints a table with ratios to the best peer, the targets with PASS/FAIL, and writes
+everything (with every repetition's sample) to the JSON file."""
+
+DEFAULTS: dict[str, str] = {
+    "model": "all",
+    "width": "1.0",
+    "resolution": "",
+    "batch_size": "",
+    "device": "cpu",
+    "precision": "fp32",
+    "channels_last": "false",
+    "compile": "false",
+    "steps": "",
+    "repeats": "5",
+    "warmup": "2",
+    "infer_batch": "64",
+    "threads": "",
+    "sections": ",".join(SECTIONS),
+    "json": "benchmark.json",
+}
+
+
+@dataclass
+class Config:
+    families: list[str]
+    width: float
+    resolution: int
+    batch_size: int
+    device: str
+    precision: str
+    channels_last: bool
+    compile: bool
+    steps: int
+    repeats: int
+    warmup: int
+    infer_batch: int
+    threads: int
+    sections: list[str]
+    json: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return PRECISIONS[self.precision]
+
+
+def parse_config(args: Sequence[str]) -> Config:
+    """Options from ``key=value`` arguments, validated; ValueError naming the bad key otherwise."""
+    opts = parse_overrides(args, DEFAULTS)
+    device = opts["device"]
+    if device not in DEVICE_DEFAULTS:
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but torch.cuda.is_available() is False")
+    for key, value in DEVICE_DEFAULTS[device].items():
+        opts[key] = opts[key] or value
+    families = list(FAMILIES) if opts["model"] == "all" else [opts["model"]]
+    if any(f not in FAMILIES for f in families):
+        raise ValueError(f"model must be all, v1 or v2, got {opts['model']!r}")
+    if opts["precision"] not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {opts['precision']!r}")
+    sections = [s.strip() for s in opts["sections"].split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise ValueError(f"sections must be a comma list of {list(SECTIONS)}, got {opts['sections']!r}")
+    return Config(
+        families=families,
+        width=to_number("width", opts["width"], float, 0, inclusive=False),
+        resolution=int(to_number("resolution", opts["resolution"], int, 32)),
+        batch_size=int(to_number("batch_size", opts["batch_size"], int, 1)),
+        device=device,
+        precision=opts["precision"],
+        channels_last=to_bool("channels_last", opts["channels_last"]),
+        compile=to_bool("compile", opts["compile"]),
+        steps=int(to_number("steps", opts["steps"], int, 1)),
+        repeats=int(to_number("repeats", opts["repeats"], int, 1)),
+        warmup=int(to_number("warmup", opts["warmup"], int, 0)),
+        infer_batch=int(to_number("infer_batch", opts["infer_batch"], int, 1)),
+        threads=int(to_number("threads", opts["threads"], int, 1)) if opts["threads"] else torch.get_num_threads(),
+        sections=sections,
+        json=opts["json"],
+    )
+
+
+# -- measurement -----------------------------------------------------------------------------------------
+
+
+def sync_fn(device: str) -> Callable[[], None]:
+    """What to call before reading the clock: CUDA kernels run asynchronously."""
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def interleaved(
+    runners: dict[str, Callable[[], Any]],
+    calls: int,
+    repeats: int,
+    warmup: int,
+    sync: Callable[[], None] = lambda: None,
+) -> dict[str, list[float]]:
+    """Seconds per call of every runner, one sample per repetition.
+
+    Every runner is warmed up first (``warmup`` calls: allocator, autotuning, compilation); then each
+    repetition times ``calls`` calls of every runner in turn, starting one runner later each time, so no
+    runner always follows the same neighbour or always runs first.
+    """
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+        sync()
+    names = list(runners)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(repeats):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            sync()
+            start = time.perf_counter()
+            for _ in range(calls):
+                runners[name]()
+            sync()
+            samples[name].append((time.perf_counter() - start) / calls)
+    return samples
+
+
+@dataclass
+class Entry:
+    """One contender's measurement: ``value`` is the median of ``samples`` in ``unit``."""
+
+    label: str
+    source: str  # "ours", a peer ("timm", "torchvision", ...) or "reference" (shown, never a peer)
+    value: float
+    samples: list[float] = field(default_factory=list)
+    ratio_to_best_peer: float | None = None
+
+
+def make_group(unit: str, higher_is_better: bool, entries: dict[str, Entry]) -> dict[str, Any]:
+    """A table block: entries plus, for each, its speed relative to the fastest peer (> 1: faster)."""
+    peers = {k: e for k, e in entries.items() if e.source not in ("ours", "reference")}
+    best: str | None = None
+    if peers:
+        pick = max if higher_is_better else min
+        best = pick(peers, key=lambda k: peers[k].value)
+        for entry in entries.values():
+            ref = peers[best].value
+            speed = entry.value / ref if higher_is_better else ref / entry.value
+            entry.ratio_to_best_peer = speed if entry.value > 0 else None
+    return {
+        "unit": unit,
+        "higher_is_better": higher_is_better,
+        "best_peer": best,
+        "entries": {k: asdict(e) for k, e in entries.items()},
+    }
+
+
+def _median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+# -- contenders ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    key: str  # "ours", "timm", "torchvision"
+    label: str
+    build: Callable[[], nn.Module]
+
+
+def timm_name(family: str, width: float) -> str:
+    """timm's registered name for a width, e.g. ``("v2", 0.35) -> "mobilenetv2_035"``."""
+    return f"mobilenet{family}_{round(width * 100):03d}"
+
+
+def contenders(family: str, width: float, num_classes: int = 1000) -> tuple[list[Contender], list[str]]:
+    """Ours and the peers that exist at this width, plus notes on the ones that do not."""
+    import timm
+    import torchvision
+
+    name = FAMILIES[family]
+    found = [Contender("ours", f"mobilenet_pl {name} w{width:g}", lambda: create_model(name, width=width))]
+    notes: list[str] = []
+    tname = timm_name(family, width)
+    if timm.is_model(tname):
+        # drop_rate 0.2 as ours and torchvision's: the same work per step
+        found.append(Contender("timm", f"timm {tname}", lambda: timm.create_model(tname, drop_rate=0.2)))
+    else:
+        notes.append(f"{family}: timm has no {tname} (width {width:g}); no timm peer")
+    if family == "v2":
+        found.append(
+            Contender(
+                "torchvision",
+                f"torchvision mobilenet_v2(width_mult={width:g})",
+                lambda: torchvision.models.mobilenet_v2(width_mult=width, num_classes=num_classes),
+            )
+        )
+    else:
+        notes.append("v1: torchvision has no MobileNetV1; no torchvision peer")
+    return found, notes
+
+
+def _prepare(model: nn.Module, cfg: Config) -> nn.Module:
+    model = model.to(cfg.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if cfg.compile else model  # type: ignore[return-value]
+
+
+def _batch(cfg: Config, batch_size: int, num_classes: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, cfg.resolution, cfg.resolution, generator=generator).to(cfg.device)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch_size,), generator=generator).to(cfg.device)
+    return x, y
+
+
+def _autocast(cfg: Config) -> torch.autocast:
+    return torch.autocast(cfg.device, dtype=cfg.dtype, enabled=cfg.dtype is not None)
+
+
+def _train_step(model: nn.Module, cfg: Config, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], None]:
+    x, y = batch
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    scaler = torch.amp.GradScaler(cfg.device) if cfg.dtype == torch.float16 else None
+
+    def step() -> None:
+        with _autocast(cfg):
+            loss = F.cross_entropy(model(x), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _infer_call(model: nn.Module, cfg: Config, x: torch.Tensor) -> Callable[[], None]:
+    @torch.inference_mode()
+    def call() -> None:
+        with _autocast(cfg):
+            model(x)
+
+    return call
+
+
+# -- sections --------------------------------------------------------------------------------------------
+
+
+def bench_train(cfg: Config, notes: list[str]) -> dict[str, Any]:
+    """Training-step throughput (images/s) per family: ours vs timm vs torchvision."""
+    out: dict[str, Any] = {}
+    sync = sync_fn(cfg.device)
+    for family in cfg.families:
+        found, family_notes = contenders(family, cfg.width)
+        notes.extend(n for n in family_notes if n not in notes)
+        batch = _batch(cfg, cfg.batch_size)
+        steps = {c.key: _train_step(_prepare(c.build().train(), cfg), cfg, batch) for c in found}
+        samples = interleaved(steps, cfg.steps, cfg.repeats, cfg.warmup, sync)
+        entries = {
+            c.key: Entry(
+                c.label, c.key, cfg.batch_size / _median(samples[c.key]), [cfg.batch_size / s for s in samples[c.key]]
+            )
+            for c in found
+        }
+        out[family] = make_group("images/s", True, entries)
+        del steps
+    return out
+
+
+def bench_infer(cfg: Config, notes: list[str]) -> dict[str, Any]:
+    """Inference latency at batch 1 (ms) and throughput at ``infer_batch`` (images/s) per family."""
+    out: dict[str, Any] = {}
+    sync = sync_fn(cfg.device)
+    for family in cfg.families:
+        found, family_notes = contenders(family, cfg.width)
+        notes.extend(n for n in family_notes if n not in notes)
+        models = {c.key: _prepare(c.build().eval(), cfg) for c in found}
+        x1, _ = _batch(cfg, 1)
+        xb, _ = _batch(cfg, cfg.infer_batch)
+        lat = interleaved(
+            {k: _infer_call(m, cfg, x1) for k, m in models.items()},
+            cfg.steps * LATENCY_CALLS_PER_STEP,
+            cfg.repeats,
+            cfg.warmup * LATENCY_CALLS_PER_STEP,
+            sync,
+        )
+        thr = interleaved(
+            {k: _infer_call(m, cfg, xb) for k, m in models.items()}, cfg.steps, cfg.repeats, cfg.warmup, sync
+        )
+        out[f"{family} batch 1"] = make_group(
+            "ms",
+            False,
+            {c.key: Entry(c.label, c.key, 1e3 * _median(lat[c.key]), [1e3 * s for s in lat[c.key]]) for c in found},
+        )
+        n = cfg.infer_batch
+        out[f"{family} batch {n}"] = make_group(
+            "images/s",
+            True,
+            {c.key: Entry(c.label, c.key, n / _median(thr[c.key]), [n / s for s in thr[c.key]]) for c in found},
+        )
+    return out
+
+
+def _optimizer_from_hparams(module: nn.Module) -> torch.optim.Optimizer:
+    """The SGD optimizer ``module.hparams["optimizer"]`` describes, built without Hydra (``_target_`` is
+    resolved by import), with the module's own weight-decay parameter groups."""
+    import importlib
+
+    from mobilenet_pl.lit.optim import param_groups
+
+    config = dict(module.hparams["optimizer"])  # type: ignore[index]
+    target = config.pop("_target_")
+    config.pop("_partial_", None)
+    module_name, _, attr = target.rpartition(".")
+    optimizer_cls = getattr(importlib.import_module(module_name), attr)
+    groups = param_groups([module.backbone, module.classifier], config.get("weight_decay", 0.0))  # type: ignore[list-item]
+    return optimizer_cls(groups, **config)  # type: ignore[no-any-return]
+
+
+class InMemoryBatches:
+    """Ready-made batches as one iterable: Lightning would take a plain list for a list of loaders."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
+    """ms per training step of Lightning's Trainer vs a plain loop: same module, optimizer and batches.
+
+    Each repetition runs 1 + ``steps`` steps in each loop and times the last ``steps`` (from the end of
+    the first step to the end of the last, so Trainer start-up and the first step's warm-up are not
+    counted, and everything between steps -- batch fetching, hooks, logging -- is).
+    """
+    import lightning as L
+
+    from mobilenet_pl.lit.classifier import MobileNetClassifier
+
+    class BenchClassifier(MobileNetClassifier):
+        def configure_optimizers(self) -> Any:
+            # the app's configure_optimizers instantiates with Hydra, which a bare GPU box may lack;
+            # this builds the same SGD from the same dict (called once per fit, not per step)
+            return _optimizer_from_hparams(self)
+
+    class StepClock(L.Callback):
+        def __init__(self, sync: Callable[[], None]) -> None:
+            self.sync, self.stamps = sync, []  # type: ignore[var-annotated]
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            self.sync()
+            self.stamps.append(time.perf_counter())
+
+    family = "v2" if "v2" in cfg.families else cfg.families[0]
+    sync = sync_fn(cfg.device)
+    module = BenchClassifier(
+        model=family,
+        width=cfg.width,
+        num_classes=1000,
+        resolution=cfg.resolution,
+        optimizer={
+            "_target_": "torch.optim.SGD",
+            "_partial_": True,
+            "lr": LR,
+            "momentum": MOMENTUM,
+            "weight_decay": WEIGHT_DECAY,
+        },
+        scheduler=None,  # constant lr: no scheduler step in either loop
+        label_smoothing=LABEL_SMOOTHING,
+        channels_last=cfg.channels_last,
+        compile=cfg.compile,
+    ).to(cfg.device)
+    module.configure_model()  # channels_last / compile, as the Trainer would; done once for both loops
+    generator = torch.Generator().manual_seed(0)
+    batches = InMemoryBatches(
+        [
+            (
+                torch.randn(cfg.batch_size, 3, cfg.resolution, cfg.resolution, generator=generator).to(cfg.device),
+                torch.randint(0, 1000, (cfg.batch_size,), generator=generator).to(cfg.device),
+            )
+            for _ in range(cfg.steps + 1)
+        ]
+    )
+    lightning_precision = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[cfg.precision]
+
+    def plain() -> float:
+        module.to(cfg.device)  # Lightning's teardown moves the module to the CPU after every fit
+        module.train()
+        optimizer = _optimizer_from_hparams(module)
+        scaler = torch.amp.GradScaler(cfg.device) if cfg.dtype == torch.float16 else None
+        stamps = []
+        for x, y in batches:
+            with _autocast(cfg):
+                loss = F.cross_entropy(module(x), y, label_smoothing=LABEL_SMOOTHING)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync()
+            stamps.append(time.perf_counter())
+        return (stamps[-1] - stamps[0]) / cfg.steps
+
+    def lightning() -> float:
+        clock = StepClock(sync)
+        trainer = L.Trainer(
+            accelerator="gpu" if cfg.device == "cuda" else "cpu",
+            devices=1,
+            precision=lightning_precision,  # type: ignore[arg-type]
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            log_every_n_steps=1,
+            callbacks=[clock],
+        )
+        trainer.fit(module, train_dataloaders=batches)
+        return (clock.stamps[-1] - clock.stamps[0]) / cfg.steps
+
+    _quiet_lightning()
+    for run in (plain, lightning):  # warm-up: allocator, compilation, Lightning's first-fit imports
+        for _ in range(min(cfg.warmup, 1)):
+            run()
+    samples: dict[str, list[float]] = {"plain": [], "lightning": []}
+    for rep in range(cfg.repeats):
+        order = [("plain", plain), ("lightning", lightning)]
+        for key, run in order if rep % 2 == 0 else order[::-1]:
+            samples[key].append(run())
+    entries = {
+        "plain": Entry(f"plain PyTorch loop ({FAMILIES[family]} w{cfg.width:g})", "peer", 0.0),
+        "lightning": Entry(f"Lightning Trainer ({FAMILIES[family]} w{cfg.width:g})", "ours", 0.0),
+    }
+    for key, entry in entries.items():
+        entry.samples = [1e3 * s for s in samples[key]]
+        entry.value = _median(entry.samples)
+    group = make_group("ms/step", False, entries)
+    group["overhead"] = entries["lightning"].value / entries["plain"].value - 1.0
+    group["batch_size"] = cfg.batch_size
+    return {family: group}
+
+
+def _quiet_lightning() -> None:
+    import logging
+    import warnings
+
+    # "GPU available but not used", "the number of training batches is small", ...: noise in a table
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", module="lightning_fabric")
+
+
+def make_jpeg_folder(root: Path, count: int = PIPELINE_IMAGES, size: int = 256, classes: int = 4) -> Path:
+    """An ImageFolder of ``count`` random ``size`` x ``size`` JPEGs (smooth gradients plus noise, so they
+    compress and decode like photos rather than like pure noise)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 1, size, dtype=np.float32)
+    for i in range(count):
+        folder = root / f"class_{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        colour = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+        image = colour[0] * ramp[:, None, None] + colour[1] * ramp[None, :, None] / 2
+        image = image + rng.normal(0, 12, (size, size, 3))
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def _image_loader(dataset: Any) -> Callable[[], None]:
+    """A call that decodes and transforms the next image of ``dataset``, cycling through it."""
+    cursor = iter(range(sys.maxsize))
+
+    def call() -> None:
+        dataset[next(cursor) % len(dataset)]
+
+    return call
+
+
+def bench_pipeline(cfg: Config, notes: list[str]) -> dict[str, Any]:
+    """Decode + augment throughput (images/s) of one process -- what one DataLoader worker delivers --
+    for our ``pil_transforms`` and timm's ``create_transform``, training and evaluation."""
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+
+    from mobilenet_pl.lit.data import pil_transforms
+
+    images = max(64, min(PIPELINE_IMAGES, cfg.steps * cfg.batch_size))  # >= 64: a timing window of ~0.1 s
+    transforms = {
+        "train": {
+            "ours": ("mobilenet_pl pil_transforms(train=True)", pil_transforms(cfg.resolution, True)),
+            # no colour jitter: the same work as ours (random-resized crop, flip, normalise)
+            "timm": (
+                "timm create_transform(is_training=True, color_jitter=None)",
+                create_transform(cfg.resolution, is_training=True, color_jitter=None),  # type: ignore[arg-type]
+            ),
+        },
+        "eval": {
+            "ours": ("mobilenet_pl pil_transforms(train=False)", pil_transforms(cfg.resolution, False)),
+            "timm": ("timm create_transform(is_training=False)", create_transform(cfg.resolution, is_training=False)),
+        },
+    }
+    out: dict[str, Any] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a DataLoader worker runs with one intra-op thread
+    try:
+        with tempfile.TemporaryDirectory(prefix="mobilenet_pl_jpegs_") as tmp:
+            root = make_jpeg_folder(Path(tmp))
+            for split, variants in transforms.items():
+                loaders = {
+                    key: _image_loader(ImageFolder(str(root), transform)) for key, (_, transform) in variants.items()
+                }
+                samples = interleaved(loaders, images, cfg.repeats, min(cfg.warmup, 1) * 8)
+                entries = {
+                    key: Entry(label, key, 1 / _median(samples[key]), [1 / s for s in samples[key]])
+                    for key, (label, _) in variants.items()
+                }
+                out[split] = make_group("images/s/worker", True, entries)
+    finally:
+        torch.set_num_threads(threads)
+    notes.append(f"pipeline: {PIPELINE_IMAGES} generated 256x256 JPEGs -> {cfg.resolution}px, one process, one thread")
+    return out
+
+
+def bench_export(cfg: Config, notes: list[str]) -> dict[str, Any]:
+    """Batch-1 latency (ms) of BN-folded ONNX exports in onnxruntime vs eager PyTorch, on the CPU in fp32."""
+    from mobilenet_pl.export import export_onnx, ort_call, ort_session
+    from mobilenet_pl.quantize import quantize_onnx
+
+    out: dict[str, Any] = {}
+    x = torch.randn(1, 3, cfg.resolution, cfg.resolution, generator=torch.Generator().manual_seed(0))
+    feed = {"input": x.numpy()}
+    with tempfile.TemporaryDirectory(prefix="mobilenet_pl_export_") as tmp:
+        for family in cfg.families:
+            found, _ = contenders(family, cfg.width)
+            runners: dict[str, Callable[[], Any]] = {}
+            labels: dict[str, tuple[str, str]] = {}
+            for c in found:
+                model = c.build().eval()
+                path = export_onnx(model, Path(tmp) / f"{family}_{c.key}.onnx", cfg.resolution)
+                session = ort_session(path)
+                runners[f"{c.key} onnx"] = ort_call(session, feed)
+                labels[f"{c.key} onnx"] = (f"{c.label}, ONNX fp32 in onnxruntime", c.key)
+                if c.key == "ours":
+                    calib = [torch.randn(1, 3, cfg.resolution, cfg.resolution).numpy() for _ in range(4)]
+                    int8 = quantize_onnx(path, Path(tmp) / f"{family}_ours_int8.onnx", calib)
+                    int8_session = ort_session(int8)
+                    runners["ours int8"] = ort_call(int8_session, feed)
+                    labels["ours int8"] = (f"{c.label}, ONNX int8 in onnxruntime (latency only)", "reference")
+                runners[f"{c.key} eager"] = _infer_call(model, _cpu_fp32(cfg), x)
+                labels[f"{c.key} eager"] = (f"{c.label}, eager PyTorch fp32", "reference")
+            calls = cfg.steps * LATENCY_CALLS_PER_STEP
+            samples = interleaved(runners, calls, cfg.repeats, cfg.warmup * LATENCY_CALLS_PER_STEP)
+            entries = {
+                key: Entry(labels[key][0], labels[key][1], 1e3 * _median(samples[key]), [1e3 * s for s in samples[key]])
+                for key in runners
+            }
+            out[f"{family} batch 1"] = make_group("ms", False, entries)
+    notes.append(
+        "export: CPU, fp32, batch 1, onnxruntime with as many threads as torch; "
+        "the int8 row is calibrated on random data (latency only, see python -m mobilenet_pl.quantize for accuracy)"
+    )
+    return out
+
+
+def _cpu_fp32(cfg: Config) -> Config:
+    return Config(**{**asdict(cfg), "device": "cpu", "precision": "fp32", "channels_last": False, "compile": False})
+
+
+BENCHES: dict[str, Callable[[Config, list[str]], dict[str, Any]]] = {
+    "train": bench_train,
+    "infer": bench_infer,
+    "lightning": bench_lightning,
+    "pipeline": bench_pipeline,
+    "export": bench_export,
+}
+
+# -- targets ---------------------------------------------------------------------------------------------
+
+
+def _ratio(results: dict[str, Any], section: str, group: str, key: str) -> float | None:
+    entry = results.get(section, {}).get(group, {}).get("entries", {}).get(key)
+    return entry["ratio_to_best_peer"] if entry else None
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured ratio, its threshold and PASS/FAIL (None: not measured)."""
+    targets: list[dict[str, Any]] = []
+
+    def add(name: str, ratio: float | None, threshold: float, higher: bool = True) -> None:
+        passed = None if ratio is None else (ratio >= threshold if higher else ratio <= threshold)
+        targets.append({"target": name, "ratio": ratio, "threshold": threshold, "pass": passed})
+
+    for family in results.get("train", {}):
+        add(
+            f"train {family}: images/s vs the faster of timm/torchvision >= 1.0x",
+            _ratio(results, "train", family, "ours"),
+            1.0,
+        )
+    for group in results.get("lightning", {}).values():
+        add("lightning: per-step overhead over a plain loop <= 5%", group["overhead"], 0.05, higher=False)
+    export = results.get("export", {}).get("v2 batch 1")
+    if export:
+        entries = export["entries"]
+        ours = entries["ours onnx"]["value"]
+        tv_onnx = entries.get("torchvision onnx", {}).get("value")
+        tv_eager = entries.get("torchvision eager", {}).get("value")
+        add(
+            "export v2 batch 1: ours ONNX vs torchvision ONNX (speed) >= 1.0x", tv_onnx / ours if tv_onnx else None, 1.0
+        )
+        add(
+            "export v2 batch 1: ours ONNX vs torchvision eager (speed) >= 3.0x",
+            tv_eager / ours if tv_eager else None,
+            3.0,
+        )
+    return targets
+
+
+# -- report ----------------------------------------------------------------------------------------------
+
+
+def environment(cfg: Config) -> dict[str, Any]:
+    """Hardware and library versions, so a result file says what it measured."""
+    import timm
+    import torchvision
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):  # not Linux: keep platform's answer
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    env: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "gpu": torch.cuda.get_device_name() if cfg.device == "cuda" else None,
+    }
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        env["onnxruntime"] = None
+    return env
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = [f"{'section':<10}{'group':<14}{'contender':<76}{'value':>12} {'unit':<16}{'x best peer':>11}"]
+    for section, groups in results.items():
+        for name, group in groups.items():
+            best = group["best_peer"]
+            for key, entry in group["entries"].items():
+                ratio = entry["ratio_to_best_peer"]
+                mark = " (best peer)" if key == best else ""
+                lines.append(
+                    f"{section:<10}{name:<14}{entry['label'] + mark:<76}{entry['value']:>12.2f} {group['unit']:<16}"
+                    f"{'-' if ratio is None else f'{ratio:.2f}x':>11}"
+                )
+            if "overhead" in group:
+                lines.append(
+                    f"{section:<10}{name:<14}{'Lightning overhead over the plain loop':<76}{100 * group['overhead']:>11.1f}%"
+                )
+    return "\n".join(lines)
+
+
+def format_targets(targets: list[dict[str, Any]]) -> str:
+    lines = []
+    for t in targets:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
+        measured = "not measured" if t["ratio"] is None else f"measured {t['ratio']:.3f}"
+        lines.append(f"{verdict}  {t['target']}: {measured}")
+    return "\n".join(lines)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Run the selected sections; returns everything that goes into the JSON file."""
+    if cfg.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # for every contender alike
+    notes: list[str] = []
+    results: dict[str, Any] = {}
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        for section in SECTIONS:
+            if section in cfg.sections:
+                section_start = time.perf_counter()
+                results[section] = BENCHES[section](cfg, notes)
+                print(f"[{section}: {time.perf_counter() - section_start:.0f} s]", file=sys.stderr, flush=True)
+        env = environment(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "config": asdict(cfg),
+        "environment": env,
+        "results": results,
+        "targets": evaluate_targets(results),
+        "notes": notes,
+        "wall_time_s": time.perf_counter() - started,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in args):
+        print(USAGE)
+        return 0
+    try:
+        cfg = parse_config(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = run(cfg)
+    env = report["environment"]
+    hardware = env["gpu"] or f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads)"
+    print(
+        f"mobilenet_pl benchmark on {hardware}: width {cfg.width:g}, resolution {cfg.resolution}, batch {cfg.batch_size}, "
+        f"{cfg.device} {cfg.precision}, channels_last={cfg.channels_last}, compile={cfg.compile}, "
+        f"median of {cfg.repeats} interleaved repetitions x {cfg.steps} steps"
+    )
+    print(format_table(report["results"]))
+    if report["targets"]:
+        print("\ntargets (ratios measured in this run):")
+        print(format_targets(report["targets"]))
+    for note in report["notes"]:
+        print(f"note: {note}")
+    if cfg.json:
+        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.json).write_text(json.dumps(report, indent=2))
+        print(f"results: {cfg.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
