@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilenet_pl.cli import cli_args, parse_overrides, to_bool, to_number
 from mobilenet_pl.models import create_model
-from mobilenet_pl.profile import parse_overrides, to_bool, to_number
 
 SECTIONS = ("train", "infer", "lightning", "pipeline", "export")
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -783,9 +783,8 @@ def run(cfg: Config) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in args):
-        print(USAGE)
+    args = cli_args(argv, USAGE)
+    if args is None:
         return 0
     try:
         cfg = parse_config(args)

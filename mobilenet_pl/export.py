@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mobilenet_pl.cli import cli_args, parse_overrides, to_bool, to_number
 from mobilenet_pl.models.factory import resolve_model_name
 from mobilenet_pl.models.layers import ConvBNAct
-from mobilenet_pl.profile import parse_overrides, to_bool, to_number
 
 DEFAULT_OPSET = 17
 FORMATS = ("onnx", "torchscript")
@@ -366,9 +366,8 @@ def export_checkpoint(opts: dict[str, str]) -> tuple[Path, float | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in args):
-        print(USAGE)
+    args = cli_args(argv, USAGE)
+    if args is None:
         return 0
     try:
         out, diff = export_checkpoint(parse_overrides(args, DEFAULTS))

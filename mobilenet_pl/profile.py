@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from mobilenet_pl.cli import cli_args, parse_overrides, to_bool, to_number
 from mobilenet_pl.models import create_model
 from mobilenet_pl.models.cost import PAPER_COSTS, measure_cost
 from mobilenet_pl.models.factory import resolve_model_name
@@ -33,37 +34,6 @@ DEFAULTS: dict[str, str] = {
 }
 
 
-def parse_overrides(args: Sequence[str], defaults: dict[str, str]) -> dict[str, str]:
-    """``key=value`` arguments over ``defaults``; unknown keys raise a ValueError listing the known ones."""
-    values = dict(defaults)
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in defaults:
-            raise ValueError(f"unknown argument {arg!r}; expected key=value with key in {sorted(defaults)}")
-        values[key] = value
-    return values
-
-
-def to_number(key: str, value: str, kind: type[int] | type[float], minimum: float, *, inclusive: bool = True) -> float:
-    """Parse ``value`` as ``kind`` and check the bound, naming ``key`` in the error."""
-    try:
-        number = kind(value)
-    except ValueError:
-        number = None
-    if number is None or (number < minimum if inclusive else number <= minimum):
-        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
-        raise ValueError(f"{key} must be a {kind.__name__} {bound}, got {value!r}")
-    return number
-
-
-def to_bool(key: str, value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise ValueError(f"{key} must be true or false, got {value!r}")
-
-
 PAPER_GRID = [("mobilenet_v1", w, r) for w in (1.0, 0.75, 0.5, 0.25) for r in (224, 192, 160, 128)] + [
     ("mobilenet_v2", w, 224) for w in (0.35, 0.5, 0.75, 1.0, 1.4)
 ]
@@ -83,9 +53,8 @@ def paper_table() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in args):
-        print(USAGE)
+    args = cli_args(argv, USAGE)
+    if args is None:
         return 0
     try:
         if args == ["paper"]:

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from mobilenet_pl.benchmark import interleaved
+from mobilenet_pl.cli import cli_args, parse_overrides, to_bool, to_number
 from mobilenet_pl.export import export_onnx, load_model, ort_call, ort_session
 from mobilenet_pl.models.factory import resolve_model_name
-from mobilenet_pl.profile import parse_overrides, to_bool, to_number
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "fake")
 TOP1_DROP_GOAL, SPEEDUP_GOAL = 1.0, 1.5  # points of top-1, x faster than the fp32 ONNX model at batch 1
@@ -245,9 +245,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in args):
-        print(USAGE)
+    args = cli_args(argv, USAGE)
+    if args is None:
         return 0
     try:
         opts = parse_overrides(args, DEFAULTS)
