@@ -69,3 +69,10 @@ class StopAfterEpoch(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch >= self.epoch:
             trainer.should_stop = True
+
+
+def run_ok(module: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """``run_cli`` that must succeed; a failure shows the end of the command's stderr."""
+    proc = run_cli(module, *args, cwd=cwd, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
