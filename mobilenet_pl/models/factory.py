@@ -12,7 +12,10 @@ from mobilenet_pl.models.layers import ActLayer
 from mobilenet_pl.models.mobilenet import InitScheme, MobileNet, MobileNetFeatures
 from mobilenet_pl.models.specs import MOBILENET_V1, MOBILENET_V2, ArchSpec
 
-_MODELS: dict[str, Callable[..., MobileNet]] = {}
+Model = MobileNet | MobileNetFeatures
+_MODELS: dict[str, Callable[..., Model]] = {}
+# keywords that only concern the classifier, ignored with features_only=True (as timm does)
+_CLASSIFIER_ONLY = ("num_classes", "dropout", "global_pool")
 _ALIASES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
 
 
@@ -27,12 +30,13 @@ class ModelKwargs(TypedDict, total=False):
     act_layer: str | ActLayer
     init: InitScheme
     small_input: bool
+    global_pool: str
     features_only: bool
     out_indices: tuple[int, ...] | None
     pretrained: bool | str | Path
 
 
-def register_model(fn: Callable[..., MobileNet]) -> Callable[..., MobileNet]:
+def register_model(fn: Callable[..., Model]) -> Callable[..., Model]:
     _MODELS[fn.__name__] = fn
     return fn
 
@@ -51,18 +55,20 @@ def resolve_model_name(name: str) -> str:
     return canonical
 
 
-def create_model(name: str, **kwargs: Unpack[ModelKwargs]) -> MobileNet:
+def create_model(name: str, **kwargs: Unpack[ModelKwargs]) -> Model:
     """Build a registered model by name, e.g. ``create_model("v2", width=0.75, num_classes=10)``."""
     return _MODELS[resolve_model_name(name)](**kwargs)
 
 
-def _build(name: str, arch: ArchSpec, kwargs: ModelKwargs) -> MobileNet:
+def _build(name: str, arch: ArchSpec, kwargs: ModelKwargs) -> Model:
     options: dict[str, Any] = dict(kwargs)
     pretrained = options.pop("pretrained", False)
     features_only = options.pop("features_only", False)
     out_indices = options.pop("out_indices", None)
+    model: Model
     if features_only:
-        model: MobileNet = MobileNetFeatures(arch, out_indices=out_indices, **options)
+        trunk_options = {k: v for k, v in options.items() if k not in _CLASSIFIER_ONLY}
+        model = MobileNetFeatures(arch, out_indices=out_indices, **trunk_options)
     else:
         if out_indices is not None:
             raise ValueError("out_indices is only valid with features_only=True")
@@ -75,7 +81,7 @@ def _build(name: str, arch: ArchSpec, kwargs: ModelKwargs) -> MobileNet:
 
 
 @register_model
-def mobilenet_v1(**kwargs: Unpack[ModelKwargs]) -> MobileNet:
+def mobilenet_v1(**kwargs: Unpack[ModelKwargs]) -> Model:
     """MobileNetV1 (Howard et al. 2017, https://arxiv.org/abs/1704.04861), keyword-only.
 
     Example:
@@ -86,7 +92,7 @@ def mobilenet_v1(**kwargs: Unpack[ModelKwargs]) -> MobileNet:
 
 
 @register_model
-def mobilenet_v2(**kwargs: Unpack[ModelKwargs]) -> MobileNet:
+def mobilenet_v2(**kwargs: Unpack[ModelKwargs]) -> Model:
     """MobileNetV2 (Sandler et al. 2018, https://arxiv.org/abs/1801.04381), keyword-only.
 
     Example:
