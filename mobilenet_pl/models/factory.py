@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict, overload
 
 from typing_extensions import Unpack
 
 from mobilenet_pl.models.layers import ActLayer
-from mobilenet_pl.models.mobilenet import InitScheme, MobileNet, MobileNetFeatures
+from mobilenet_pl.models.mobilenet import MobileNet, MobileNetFeatures
 from mobilenet_pl.models.specs import MOBILENET_V1, MOBILENET_V2, ArchSpec
 
 Model = MobileNet | MobileNetFeatures
@@ -19,8 +19,8 @@ _CLASSIFIER_ONLY = ("num_classes", "dropout", "global_pool")
 _ALIASES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
 
 
-class ModelKwargs(TypedDict, total=False):
-    """Keywords shared by every builder; see `MobileNet`."""
+class BuildKwargs(TypedDict, total=False):
+    """Keywords shared by every builder except ``features_only``; see `MobileNet`."""
 
     width: float
     num_classes: int
@@ -28,12 +28,17 @@ class ModelKwargs(TypedDict, total=False):
     dropout: float
     drop_path_rate: float
     act_layer: str | ActLayer
-    init: InitScheme
+    init: str  # "default" or "xavier" (InitScheme); checked when the model is built, naming the key
     small_input: bool
     global_pool: str
-    features_only: bool
     out_indices: tuple[int, ...] | None
     pretrained: bool | str | Path
+
+
+class ModelKwargs(BuildKwargs, total=False):
+    """Keywords shared by every builder; see `MobileNet` and `MobileNetFeatures`."""
+
+    features_only: bool
 
 
 def register_model(fn: Callable[..., Model]) -> Callable[..., Model]:
@@ -55,7 +60,14 @@ def resolve_model_name(name: str) -> str:
     return canonical
 
 
-def create_model(name: str, **kwargs: Unpack[ModelKwargs]) -> Model:
+# The overloads tell type checkers which sibling comes back: MobileNetFeatures only with features_only=True.
+@overload
+def create_model(name: str, *, features_only: Literal[True], **kwargs: Unpack[BuildKwargs]) -> MobileNetFeatures: ...
+@overload
+def create_model(name: str, *, features_only: Literal[False] = ..., **kwargs: Unpack[BuildKwargs]) -> MobileNet: ...
+@overload
+def create_model(name: str, *, features_only: bool, **kwargs: Unpack[BuildKwargs]) -> Model: ...
+def create_model(name: str, **kwargs: Any) -> Model:
     """Build a registered model by name, e.g. ``create_model("v2", width=0.75, num_classes=10)``."""
     return _MODELS[resolve_model_name(name)](**kwargs)
 

@@ -293,7 +293,7 @@ class MobileNet(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        take_indices, max_index = feature_take_indices(len(self.feature_info), _as_list(indices))
         take_stages = [self.tap_stages[i] for i in take_indices]
         stages = self.stages[: self.tap_stages[max_index] + 1] if stop_early else self.stages
         intermediates: list[Tensor] = []
@@ -319,7 +319,7 @@ class MobileNet(nn.Module):
         The final 1x1 conv (``head``) and the classifier only fit the last stage's output, so they go when
         stages are cut, with ``prune_head`` or with ``prune_norm``; ``forward_features`` then ends at the tap.
         """
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        take_indices, max_index = feature_take_indices(len(self.feature_info), _as_list(indices))
         keep = self.tap_stages[max_index] + 1
         cut = keep < len(self.stages)
         self.stages = self.stages[:keep]
@@ -347,9 +347,14 @@ class MobileNet(nn.Module):
         return self.classifier
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier (0 removes it) and optionally the pooling (``""``: none); keeps device/dtype."""
+        """Replace the classifier (0 removes it) and optionally the pooling (``""``: none); keeps device/dtype.
+
+        ``global_pool=None`` keeps the current pooling, except that a classifier on an unpooled model
+        (``""``) gets ``"avg"`` back: a linear layer needs pooled features.
+        """
         check_positive("num_classes", num_classes, allow_zero=True)
-        global_pool = self.global_pool.pool_type if global_pool is None else global_pool
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type or ("avg" if num_classes > 0 else "")
         _check_global_pool(global_pool, num_classes)
         like = self.stem.conv.weight
         self._set_head(num_classes, global_pool)
@@ -425,6 +430,10 @@ class MobileNetFeatures(nn.Module):
             if i in self.tap_stages:
                 features.append(x)
         return features
+
+
+def _as_list(indices: int | list[int] | tuple[int, ...] | None) -> int | list[int] | None:
+    return list(indices) if isinstance(indices, tuple) else indices
 
 
 def _check_global_pool(global_pool: Any, num_classes: int) -> None:

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
+import timm
 import torch
 import torchvision
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
@@ -41,7 +42,12 @@ def _weights_cfg(weights: PretrainedWeights) -> tuple[str, dict[str, Any]]:
     """The tag and pretrained_cfg of one peer checkpoint, read from the library that publishes it."""
     base = default_pretrained_cfg(1000, 3, 32)
     if weights.source == "timm":
-        theirs = get_pretrained_cfg(weights.name).to_dict()
+        registered = get_pretrained_cfg(weights.name)
+        if registered is None:
+            raise RuntimeError(
+                f"timm {timm.__version__} does not know {weights.name!r}; mobilenet_pl needs timm>=1.0.9"
+            )
+        theirs = registered.to_dict()
         keep = ("url", "hf_hub_id", "mean", "std", "crop_pct", "interpolation", "test_input_size", "test_crop_pct")
         cfg = {**base, **{k: v for k, v in theirs.items() if k in keep and v is not None}}
         cfg["hf_hub_id"] = f"timm/{weights.name}"  # the full id: timm would complete "timm/" with our name
@@ -52,8 +58,8 @@ def _weights_cfg(weights: PretrainedWeights) -> tuple[str, dict[str, Any]]:
     return _TORCHVISION_TAGS[weights.name.rsplit(".", 1)[1]], {**base, "url": enum.url, "crop_pct": crop / resize}
 
 
-def _default_cfgs() -> dict[str, dict[str, Any]]:
-    cfgs: dict[str, dict[str, Any]] = {}
+def _default_cfgs() -> dict[str, Any]:
+    cfgs: dict[str, Any] = {}
     for variant, (name, _, width) in VARIANTS.items():
         tagged = [_weights_cfg(weights) for weights in PRETRAINED.get((name, width), {}).values()]
         for tag, cfg in tagged or [("", default_pretrained_cfg(1000, 3, 32))]:
@@ -89,7 +95,7 @@ def create(variant: str, pretrained: bool = False, **kwargs: Any) -> MobileNet |
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     sibling = kwargs.get("features_only", False) and not {"feature_cls", "feature_cfg"} & set(kwargs)
     model_cls: Any = partial(MobileNet, arch, width=width)
-    kwargs_filter = None
+    kwargs_filter: Any = None  # timm annotates it Tuple[str], but takes any tuple of names
     if sibling:
         kwargs.pop("features_only")
         model_cls = partial(MobileNetFeatures, arch, width=width)

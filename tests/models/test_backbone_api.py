@@ -170,8 +170,10 @@ def test_global_pool_options_and_reset_classifier(name: str) -> None:
     assert model.head_hidden_size == 2 * model.num_features and model(X).shape == (2, 3)
     model.reset_classifier(0, "")
     torch.testing.assert_close(model(X), feats)  # no pooling: the spatial features
-    model.reset_classifier(0)  # global_pool=None keeps the current pooling
+    model.reset_classifier(0)  # global_pool=None keeps the current pooling ...
     assert model.global_pool.pool_type == "" and model(X).shape == feats.shape
+    model.reset_classifier(2)  # ... but a classifier needs pooled features
+    assert model.global_pool.pool_type == "avg" and model(X).shape == (2, 2)
     with pytest.raises(ValueError, match="global_pool='' \\(no pooling\\) needs num_classes=0"):
         model.reset_classifier(5, "")
     with pytest.raises(ValueError, match="global_pool must be one of"):
