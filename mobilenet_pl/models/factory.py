@@ -15,7 +15,7 @@ from mobilenet_pl.models.specs import MOBILENET_V1, MOBILENET_V2, ArchSpec
 Model = MobileNet | MobileNetFeatures
 _MODELS: dict[str, Callable[..., Model]] = {}
 # keywords that only concern the classifier, ignored with features_only=True (as timm does)
-_CLASSIFIER_ONLY = ("num_classes", "dropout", "global_pool")
+CLASSIFIER_ONLY = ("num_classes", "dropout", "global_pool")
 _ALIASES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
 
 
@@ -79,7 +79,7 @@ def _build(name: str, arch: ArchSpec, kwargs: ModelKwargs) -> Model:
     out_indices = options.pop("out_indices", None)
     model: Model
     if features_only:
-        trunk_options = {k: v for k, v in options.items() if k not in _CLASSIFIER_ONLY}
+        trunk_options = {k: v for k, v in options.items() if k not in CLASSIFIER_ONLY}
         model = MobileNetFeatures(arch, out_indices=out_indices, **trunk_options)
     else:
         if out_indices is not None:

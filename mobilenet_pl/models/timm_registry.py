@@ -22,6 +22,7 @@ from timm.models._builder import pretrained_cfg_for_features
 from torch import Tensor, nn
 
 from mobilenet_pl.models.convert import PRETRAINED, PretrainedWeights, convert_state_dict
+from mobilenet_pl.models.factory import CLASSIFIER_ONLY
 from mobilenet_pl.models.mobilenet import MobileNet, MobileNetFeatures, default_pretrained_cfg
 from mobilenet_pl.models.specs import MOBILENET_V1, MOBILENET_V2, ArchSpec
 
@@ -34,8 +35,6 @@ VARIANTS: dict[str, tuple[str, ArchSpec, float]] = {
 }
 # torchvision's weight enums in timm's tag style (timm names them tv_in1k and tv2_in1k, e.g. resnet50)
 _TORCHVISION_TAGS = {"IMAGENET1K_V1": "tv_in1k", "IMAGENET1K_V2": "tv2_in1k"}
-# keywords that only concern a classifier, dropped for the features_only sibling (timm does the same)
-_CLASSIFIER_ONLY = ("num_classes", "global_pool", "dropout")
 
 
 def _weights_cfg(weights: PretrainedWeights) -> tuple[str, dict[str, Any]]:
@@ -99,7 +98,7 @@ def create(variant: str, pretrained: bool = False, **kwargs: Any) -> MobileNet |
     if sibling:
         kwargs.pop("features_only")
         model_cls = partial(MobileNetFeatures, arch, width=width)
-        kwargs_filter = _CLASSIFIER_ONLY
+        kwargs_filter = CLASSIFIER_ONLY
     with torch.device(device) if device is not None else nullcontext():
         model = build_model_with_cfg(
             model_cls,
