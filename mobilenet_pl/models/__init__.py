@@ -1,5 +1,6 @@
 """Pure PyTorch MobileNet V1/V2 backbones (no Lightning, no Hydra)."""
 
+from mobilenet_pl.models.checkpoint import from_checkpoint
 from mobilenet_pl.models.factory import create_model, list_models, mobilenet_v1, mobilenet_v2, register_model
 from mobilenet_pl.models.layers import ConvBNAct, make_divisible
 from mobilenet_pl.models.mobilenet import FeatureInfo, MobileNet, MobileNetFeatures
@@ -10,6 +11,7 @@ __all__ = [
     "MobileNet",
     "MobileNetFeatures",
     "create_model",
+    "from_checkpoint",
     "list_models",
     "make_divisible",
     "mobilenet_v1",

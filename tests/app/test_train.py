@@ -64,7 +64,7 @@ def test_checkpoint_loads_safely_with_no_arguments(trained: tuple[dict, Path]) -
     assert all(isinstance(v, (int, float, str, bool, list, dict, type(None))) for v in raw["hyper_parameters"].values())
     assert not any("_orig_mod" in k for k in raw["state_dict"])
     module = MobileNetClassifier.load_from_checkpoint(results["checkpoint"])
-    assert module.hparams["width"] == 0.25 and module.hparams["num_classes"] == 10
+    assert module.hparams["model"]["width"] == 0.25 and module.hparams["num_classes"] == 10
     torch.testing.assert_close(
         module.state_dict()["backbone.stem.conv.weight"], raw["state_dict"]["backbone.stem.conv.weight"]
     )
@@ -168,7 +168,7 @@ def test_backbone_finetuning_freezes_then_unfreezes(scheduler: str, tmp_path: Pa
     sched = OmegaConf.to_container(
         OmegaConf.load(Path(__file__).parents[2] / "conf" / "scheduler" / f"{scheduler}.yaml")
     )
-    module = MobileNetClassifier(model="v2", width=0.25, num_classes=10, resolution=32, scheduler=sched)
+    module = MobileNetClassifier({"name": "v2", "width": 0.25}, num_classes=10, resolution=32, scheduler=sched)
     start = {k: v.clone() for k, v in module.state_dict().items()}
     conv, head = "backbone.stages.1.0.conv_pw.conv.weight", "classifier.weight"
 
