@@ -371,7 +371,7 @@ def _optimizer_from_hparams(module: nn.Module) -> torch.optim.Optimizer:
     parameter groups: the same one its ``configure_optimizers`` builds."""
     from mobilenet_pl.lit.optim import build_optimizer
 
-    return build_optimizer(module.hparams["optimizer"], module._net())  # type: ignore[index,operator]
+    return build_optimizer(module.hparams["optimizer"], module._net())  # type: ignore[index,operator,arg-type]
 
 
 class InMemoryBatches:

@@ -8,7 +8,6 @@ import sys
 
 import mobilenet_pl
 
-
 PROBE = """
 import json, sys
 def loaded():

@@ -131,9 +131,9 @@ def check_config(kind: str, config: Mapping[str, Any] | None) -> dict[str, Any] 
                 "nothing read from a config or checkpoint may name code to call"
             )
         out.setdefault("name", LEGACY_TARGETS[target])
-    name = out.get("name")
+    name = str(out.get("name"))
     if name not in table:
-        raise ValueError(f"{kind}.name={name!r} is not allowed: choose one of {choices}")
+        raise ValueError(f"{kind}.name={out.get('name')!r} is not allowed: choose one of {choices}")
     accepted = [p for p in inspect.signature(table[name]).parameters.values() if p.kind != p.VAR_KEYWORD]
     allowed = {p.name for p in accepted} - _BUILT_IN
     for key, value in out.items():
@@ -158,7 +158,7 @@ def build_optimizer(config: Mapping[str, Any], model: nn.Module) -> torch.optim.
     checked = check_config("optimizer", config)
     assert checked is not None
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in checked.items() if k != "name"}
-    groups = param_groups_weight_decay(model, options.get("weight_decay", 0.0))
+    groups = param_groups_weight_decay(model, float(checked.get("weight_decay", 0.0)))
     return OPTIMIZERS[checked["name"]](groups, **options)
 
 

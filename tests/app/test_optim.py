@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
@@ -75,5 +77,5 @@ def test_added_param_group_follows_our_schedule_but_not_timms() -> None:
         lambda opt: CosineLRScheduler(opt, t_initial=10, t_in_epochs=False),
         lambda schedule, i: schedule.step_update(i + 1),
     )
-    assert all(b < a for a, b in zip(ours, ours[1:], strict=False))  # decays
+    assert all(b < a for a, b in itertools.pairwise(ours))  # decays
     assert theirs == [0.05] * 5  # stuck at the lr it was added with
