@@ -229,8 +229,10 @@ class MobileNetClassifier(L.LightningModule):
     # -- checkpoints -----------------------------------------------------------------------------------------
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint``; checkpoints of mobilenet_pl 0.1 (the model keywords as
-        separate hyperparameters) are translated to today's ``model`` dict."""
+        """Lightning's ``load_from_checkpoint``, reading with ``weights_only=True`` unless told otherwise
+        (Lightning's default unpickles anything); checkpoints of mobilenet_pl 0.1 (the model keywords
+        as separate hyperparameters) are translated to today's ``model`` dict."""
+        kwargs.setdefault("weights_only", True)
         if "model" not in kwargs and isinstance(checkpoint_path, (str, Path)):
             raw = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
             hparams = raw.get("hyper_parameters", {}) if isinstance(raw, dict) else {}

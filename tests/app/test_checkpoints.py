@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,20 @@ def test_from_checkpoint_refuses_what_has_no_architecture(tmp_path: Path) -> Non
         from_checkpoint(tmp_path / "model.ts")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         from_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_load_from_checkpoint_unpickles_no_code_by_default(
+    saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's own default would unpickle anything
+    raw = torch.load(saved, map_location="cpu", weights_only=True)
+    raw["callbacks"] = {"x": ClassNotAllowed()}  # a pickled object: loading it would run its code
+    torch.save(raw, tmp_path / "pickled.ckpt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        MobileNetClassifier.load_from_checkpoint(tmp_path / "pickled.ckpt")
+    with pytest.raises(Exception, match="Weights only load failed"):  # a file object: Lightning reads it
+        MobileNetClassifier.load_from_checkpoint(io.BytesIO((tmp_path / "pickled.ckpt").read_bytes()))
+
+
+class ClassNotAllowed:
+    """Any class: ``weights_only=True`` refuses to build it."""

@@ -56,6 +56,7 @@ def test_results_json_contract(trained: tuple[dict, Path]) -> None:
     assert Path(saved["checkpoint"]).is_file() and Path(saved["last_checkpoint"]).name == "last.ckpt"
     assert {"val/acc1", "test/acc1", "test/acc5", "test/loss"} <= set(saved["metrics"])
     assert saved["wall_time_s"] > 0 and (run_dir / "confusion_matrix.png").stat().st_size > 1000
+    assert saved["train_images_per_s"] > 0  # the Throughput callback, found by its type
 
 
 def test_checkpoint_loads_safely_with_no_arguments(trained: tuple[dict, Path]) -> None:
@@ -194,3 +195,22 @@ def test_backbone_finetuning_freezes_then_unfreezes(scheduler: str, tmp_path: Pa
         module, datamodule
     )
     assert changed(conv)
+
+
+def test_resume_with_a_new_lr_stops_with_one_line(trained: tuple[dict, Path], tmp_path: Path) -> None:
+    """Resuming restores the checkpoint's optimizer: a new optimizer.lr would be recorded but not run."""
+    results, _ = trained
+    cfg = compose_train(
+        [
+            "data=fake",
+            "width=0.25",
+            "data.batch_size=16",
+            "logger=none",
+            "optimizer.lr=0.01",
+            f"ckpt_path={results['last_checkpoint']}",
+            *FAST,
+        ],
+        tmp_path,
+    )
+    with pytest.raises(ValueError, match=r"^optimizer\.lr=0\.01 differs from the resumed checkpoint's 0\.005"):
+        train(cfg, tmp_path)
