@@ -75,7 +75,8 @@ def test_checkpoint_loads_safely_with_no_arguments(trained: tuple[dict, Path]) -
 
 
 def test_offline_wandb_run_holds_metrics(trained: tuple[dict, Path]) -> None:
-    _, run_dir = trained
+    results, run_dir = trained
+    assert results["wandb_sync"].startswith("wandb sync ")  # the logger knew it ran offline
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "one W&B run per job"
     records = next(runs[0].glob("run-*.wandb")).read_bytes()
