@@ -215,3 +215,17 @@ def test_resume_with_a_new_lr_stops_with_one_line(trained: tuple[dict, Path], tm
     )
     with pytest.raises(ValueError, match=r"^optimizer\.lr=0\.01 differs from the resumed checkpoint's 0\.005"):
         train(cfg, tmp_path)
+
+
+def test_non_utf8_class_folder_trains_to_results(run_dir: Path, tmp_path: Path) -> None:
+    """A Latin-1 class folder name (surrogate-escaped by Python) reaches results.json and the plot."""
+    import os
+
+    root = make_image_folder(tmp_path / "images")
+    for split in ("train", "val"):
+        os.rename(root / split / "class_0", os.fsencode(root / split) + b"/caf\xe9")
+    overrides = [f"data.root={root}", "resolution=32", "data.num_workers=0", "data.batch_size=4"]
+    cfg = compose_train(["data=imagefolder", "logger=none", "width=0.25", *overrides, *FAST], run_dir)
+    train(cfg, run_dir)
+    assert (run_dir / "confusion_matrix.png").stat().st_size > 1000
+    assert json.loads((run_dir / "results.json").read_text())["test_samples"] > 0
