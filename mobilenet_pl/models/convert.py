@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from mobilenet_pl.models.checkpoint import is_our_checkpoint, lightning_weights
+from mobilenet_pl.models.checkpoint import is_our_checkpoint, lightning_weights, upgrade_hparams
 from mobilenet_pl.models.specs import MOBILENET_V2
 
 Source = Literal["torchvision", "timm", "mobilenet_pl"]
@@ -242,6 +242,12 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
 
 def load_state_dict_file(path: str | Path) -> StateDict:
     """Read a state dict safely (``weights_only=True``; safetensors too) and convert it to our keys."""
+    return read_weights_file(path)[0]
+
+
+def read_weights_file(path: str | Path) -> tuple[StateDict, dict[str, object] | None]:
+    """Our-layout weights of a file, and the ``model`` hyperparameters when it is one of our training
+    checkpoints (whose weights are then the EMA copy when the run kept one), else None."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
@@ -257,8 +263,9 @@ def load_state_dict_file(path: str | Path) -> StateDict:
                 f"refusing to load {str(path)!r}: not a plain tensor checkpoint ({err.__class__.__name__}: {str(err).splitlines()[0]})"
             ) from err
     if is_our_checkpoint(raw):  # a MobileNetClassifier checkpoint: the EMA weights when the run kept them
-        return lightning_weights(raw["state_dict"])  # type: ignore[index,arg-type]
-    return convert_state_dict(unwrap_state_dict(raw))
+        arch = upgrade_hparams(raw["hyper_parameters"])["model"]  # type: ignore[index,arg-type]
+        return lightning_weights(raw["state_dict"]), arch  # type: ignore[index,arg-type]
+    return convert_state_dict(unwrap_state_dict(raw)), None
 
 
 def available_pretrained() -> str:
@@ -297,7 +304,9 @@ def load_pretrained(model: nn.Module, name: str, width: float, pretrained: bool 
                 f"pretrained={pretrained!r} is neither a tag of {name} width {width:g} ({list(tags) or 'none'}) "
                 f"nor an existing file. Weights exist for: {available_pretrained()}."
             )
-        state_dict = load_state_dict_file(pretrained)
+        state_dict, arch = read_weights_file(pretrained)
+        if arch is not None:
+            _check_same_architecture(model, name, pretrained, arch)
     else:
         if not tags:
             raise ValueError(
@@ -314,6 +323,17 @@ def load_pretrained(model: nn.Module, name: str, width: float, pretrained: bool 
                 f"Weights exist for: {available_pretrained()}."
             ) from err
     load_weights(model, state_dict)
+
+
+def _check_same_architecture(model: nn.Module, name: str, path: str | Path, arch: Mapping[str, object]) -> None:
+    # a width mismatch shows in the shapes; these two would load silently into a different network
+    small_input = model.stem.conv.stride[0] == 1  # type: ignore[union-attr,index]
+    if arch["name"] != name or bool(arch["small_input"]) != small_input:
+        raise ValueError(
+            f"pretrained={str(path)!r} was trained as {arch['name']} with small_input={arch['small_input']}, "
+            f"but this model is {name} with small_input={small_input}: build it with the checkpoint's settings, "
+            "or use mobilenet_pl.from_checkpoint(path), which reads them"
+        )
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:

@@ -189,6 +189,11 @@ def test_pretrained_checkpoint_loads_the_ema_weights(saved: Path) -> None:
         torch.testing.assert_close(model(X), module.to_model()(X), rtol=0, atol=0)
 
 
+def test_pretrained_checkpoint_of_other_strides_is_refused(saved: Path) -> None:
+    with pytest.raises(ValueError, match=r"trained as mobilenet_v1 with small_input=True, .* small_input=False"):
+        mobilenet_v1(width=0.25, num_classes=10, pretrained=str(saved))  # small_input forgotten
+
+
 def test_from_checkpoint_refuses_what_has_no_architecture(tmp_path: Path) -> None:
     torch.save(mobilenet_v1(width=0.25).state_dict(), tmp_path / "bare.pth")
     with pytest.raises(ValueError, match=r"bare.pth' holds no mobilenet_pl hyperparameters .*cannot be read"):
