@@ -1,8 +1,9 @@
 """``MobileNetClassifier``: a LightningModule around either backbone.
 
-Hyperparameters are plain values only (model name, width, dicts of numbers and strings), so a checkpoint
-loads with ``torch.load(path, weights_only=True)`` and ``MobileNetClassifier.load_from_checkpoint(path)``
-needs no other argument. The feature extractor is ``self.backbone`` (a MobileNet without classifier) and
+Hyperparameters are plain values only (the ``model`` dict of `create_model` keywords, numbers, and
+optimizer/scheduler names from allow-lists, never a ``_target_``), so a checkpoint loads with
+``torch.load(path, weights_only=True)``, ``MobileNetClassifier.load_from_checkpoint(path)`` needs no
+other argument, and nothing read from a checkpoint names code to call. The feature extractor is ``self.backbone`` (a MobileNet without classifier) and
 the linear head is ``self.classifier``, so Lightning's ``BackboneFinetuning`` freezes the one and trains
 the other. ``to_model()`` puts them back together into one MobileNet for export.
 """
