@@ -146,7 +146,26 @@ def check_config(kind: str, config: Mapping[str, Any] | None) -> dict[str, Any] 
             raise ValueError(f"{kind}.{key}={value!r} is not allowed: {kind} values must be finite numbers")
         if isinstance(value, tuple):
             out[key] = list(value)
+    _try(kind, out)
     return out
+
+
+def _try(kind: str, config: dict[str, Any]) -> None:
+    """Build (and for a schedule, step) the config on a dummy parameter, so a value torch refuses, or one
+    that fails only later (``step_size: 0`` divides by zero at the first epoch), stops here, named."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k != "name"}
+    try:
+        if kind == "optimizer":
+            OPTIMIZERS[config["name"]]([nn.Parameter(torch.zeros(1))], **options)
+            return
+        schedule = SCHEDULERS[config["name"]](optimizer, steps_per_epoch=2, max_epochs=2, **options)["scheduler"]
+        for _ in range(4):
+            optimizer.step()
+            schedule.step()
+    except (ValueError, TypeError, ArithmeticError) as err:
+        settings = ", ".join(f"{kind}.{k}={v!r}" for k, v in options.items())
+        raise ValueError(f"{kind} {config['name']!r} with {settings or 'its defaults'} is not allowed: {err}") from None
 
 
 def build_optimizer(config: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:

@@ -22,6 +22,14 @@ from mobilenet_pl.lit.optim import OPTIMIZERS, build_optimizer, build_scheduler,
         ("optimizer", {"name": "sgd", "lr": float("nan")}, r"optimizer\.lr=nan is not allowed"),
         ("scheduler", {"name": "cosine", "steps_per_epoch": 3}, r"scheduler\.steps_per_epoch is not an option"),
         ("scheduler", {"_target_": "torch.optim.lr_scheduler.LambdaLR"}, r"scheduler\._target_=.* is not allowed"),
+        # values torch refuses, or that would fail only once training runs
+        ("optimizer", {"name": "sgd", "lr": 0.1, "momentum": -1}, r"optimizer\.momentum=-1 is not allowed"),
+        (
+            "optimizer",
+            {"name": "adamw", "lr": 0.1, "betas": [0.9, 1.5]},
+            r"optimizer\.betas=\(0\.9, 1\.5\).*not allowed",
+        ),
+        ("scheduler", {"name": "step", "step_size": 0}, r"scheduler 'step' with scheduler\.step_size=0 is not allowed"),
     ],
 )
 def test_configs_that_name_code_or_hold_non_numbers_are_refused(kind: str, config: dict, message: str) -> None:
