@@ -367,19 +367,11 @@ def bench_infer(cfg: Config, notes: list[str]) -> dict[str, Any]:
 
 
 def _optimizer_from_hparams(module: nn.Module) -> torch.optim.Optimizer:
-    """The SGD optimizer ``module.hparams["optimizer"]`` describes, built without Hydra (``_target_`` is
-    resolved by import), with the module's own weight-decay parameter groups."""
-    import importlib
+    """The optimizer ``module.hparams["optimizer"]`` names (an allow-list), with the module's weight-decay
+    parameter groups: the same one its ``configure_optimizers`` builds."""
+    from mobilenet_pl.lit.optim import build_optimizer
 
-    from mobilenet_pl.lit.optim import param_groups
-
-    config = dict(module.hparams["optimizer"])  # type: ignore[index]
-    target = config.pop("_target_")
-    config.pop("_partial_", None)
-    module_name, _, attr = target.rpartition(".")
-    optimizer_cls = getattr(importlib.import_module(module_name), attr)
-    groups = param_groups([module.backbone, module.classifier], config.get("weight_decay", 0.0))  # type: ignore[list-item]
-    return optimizer_cls(groups, **config)  # type: ignore[no-any-return]
+    return build_optimizer(module.hparams["optimizer"], module._net())  # type: ignore[index,operator,arg-type]
 
 
 class InMemoryBatches:
@@ -406,12 +398,6 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
 
     from mobilenet_pl.lit.classifier import MobileNetClassifier
 
-    class BenchClassifier(MobileNetClassifier):
-        def configure_optimizers(self) -> Any:
-            # the app's configure_optimizers instantiates with Hydra, which a bare GPU box may lack;
-            # this builds the same SGD from the same dict (called once per fit, not per step)
-            return _optimizer_from_hparams(self)
-
     class StepClock(L.Callback):
         def __init__(self, sync: Callable[[], None]) -> None:
             self.sync, self.stamps = sync, []  # type: ignore[var-annotated]
@@ -422,14 +408,12 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
 
     family = "v2" if "v2" in cfg.families else cfg.families[0]
     sync = sync_fn(cfg.device)
-    module = BenchClassifier(
-        model=family,
-        width=cfg.width,
+    module = MobileNetClassifier(
+        model={"name": family, "width": cfg.width},
         num_classes=1000,
         resolution=cfg.resolution,
         optimizer={
-            "_target_": "torch.optim.SGD",
-            "_partial_": True,
+            "name": "sgd",
             "lr": LR,
             "momentum": MOMENTUM,
             "weight_decay": WEIGHT_DECAY,

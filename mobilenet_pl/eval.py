@@ -96,8 +96,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_results(
         run_dir,
         {
-            "model": hp["model"],
-            "width": hp["width"],
+            "model": hp["model"]["name"],
+            "width": hp["model"]["width"],
             "resolution": hp["resolution"],
             "params": sum(p.numel() for p in model.parameters()),
             "madds": madds,

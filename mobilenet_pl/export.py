@@ -357,7 +357,7 @@ def export_checkpoint(opts: dict[str, str]) -> tuple[Path, float | None]:
     ckpt = Path(opts["ckpt_path"]).expanduser()
     out = Path(opts["out"]) if opts["out"] else ckpt.with_suffix(".onnx" if fmt == "onnx" else ".ts")
     names = hp.get("class_names") or [str(i) for i in range(hp["num_classes"])]
-    common: dict[str, Any] = {"name": resolve_model_name(hp["model"]), "width": hp["width"]}
+    common: dict[str, Any] = {"name": resolve_model_name(hp["model"]["name"]), "width": hp["model"]["width"]}
     if fmt == "onnx":
         export_onnx(model, out, resolution, names, mean, std, opset, **common)
     else:

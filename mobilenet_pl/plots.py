@@ -1,4 +1,4 @@
-"""Figures the apps write: confusion matrices and the accuracy vs mult-adds trade-off."""
+"""Figures the apps write: confusion matrices (torchmetrics' plot, with names made safe to draw)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor
+
+ANNOTATE_UP_TO = 30  # classes; beyond this, counts and names would not fit in the cells and ticks
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -17,36 +19,28 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
+def printable(name: str) -> str:
+    """A class name any renderer can draw: folder names that were not UTF-8 reach us with surrogate
+    escapes (``'caf\\udce9'``), which matplotlib cannot encode; they become ``'caf\\\\xe9'``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def confusion_matrix_figure(confusion: Tensor, class_names: Sequence[str], title: str = "confusion matrix"):  # type: ignore[no-untyped-def]
-    """Counts per (true, predicted) class, annotated when there are few classes."""
+    """Counts per (true, predicted) class (``MulticlassConfusionMatrix.plot``), annotated when there are
+    few classes."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
     plt = _pyplot()
     n = len(confusion)
+    few = n <= ANNOTATE_UP_TO
+    names = [printable(str(c)) for c in class_names] if few and len(class_names) == n else None
     size = min(12.0, 2.0 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(confusion.numpy(), cmap="Blues")
-    if n <= 30:
-        ticks = list(range(n))
-        names = list(class_names) if len(class_names) == n else [str(i) for i in ticks]
-        ax.set_xticks(ticks, names, rotation=90)
-        ax.set_yticks(ticks, names)
-        threshold = confusion.max().item() / 2
-        for i in range(n):
-            for j in range(n):
-                value = int(confusion[i, j])
-                if value:
-                    ax.text(
-                        j,
-                        i,
-                        value,
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                        color="white" if value > threshold else "black",
-                    )
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    fig, ax = plt.subplots(figsize=(size, size), constrained_layout=True)
+    MulticlassConfusionMatrix(num_classes=n).plot(val=confusion.cpu(), ax=ax, add_text=few, labels=names)
+    if not few:
+        ax.set_xticks([])
+        ax.set_yticks([])
     ax.set_title(title)
-    fig.tight_layout()
     return fig
 
 

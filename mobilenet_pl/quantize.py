@@ -191,8 +191,8 @@ def run(opts: dict[str, str]) -> dict[str, Any]:
     if fp32_path == int8_path:  # out=model.onnx: keep the fp32 model beside it under another name
         fp32_path = int8_path.with_name(base + ".fp32.onnx")
     names = hp.get("class_names") or [str(i) for i in range(hp["num_classes"])]
-    name = resolve_model_name(hp["model"])
-    export_onnx(model, fp32_path, hp["resolution"], names, name=name, width=hp["width"])
+    name = resolve_model_name(hp["model"]["name"])
+    export_onnx(model, fp32_path, hp["resolution"], names, name=name, width=hp["model"]["width"])
     calibration = (batch for i, batch in zip(range(calib_batches), datamodule.val_dataloader(), strict=False))
     quantize_onnx(fp32_path, int8_path, calibration)
     paths = {"fp32": fp32_path, "int8": int8_path}
@@ -205,7 +205,7 @@ def run(opts: dict[str, str]) -> dict[str, Any]:
     return {
         "checkpoint": str(ckpt),
         "model": name,
-        "width": hp["width"],
+        "width": hp["model"]["width"],
         "resolution": hp["resolution"],
         "data": opts["data"],
         "calibration_images": min(calib_batches * batch_size, len(datamodule.val_set)),

@@ -13,6 +13,8 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning.pytorch.loggers import WandbLogger
+
 log = logging.getLogger(__name__)
 
 
@@ -43,6 +45,15 @@ def resolve_mode(mode: str = "auto") -> str:
     return mode
 
 
+class TrackedWandbLogger(WandbLogger):
+    """A Lightning ``WandbLogger`` that knows the mode it resolved to (``online``, ``offline``,
+    ``disabled``), so `finish` can tell whether a ``wandb sync`` is needed."""
+
+    def __init__(self, *, run_mode: str, **kwargs: Any) -> None:
+        super().__init__(mode=run_mode, **kwargs)
+        self.resolved_mode = run_mode
+
+
 def wandb_logger(
     *,
     save_dir: str,
@@ -53,32 +64,17 @@ def wandb_logger(
     tags: list[str] | None = None,
     mode: str = "auto",
     log_model: bool | Literal["all"] = True,
-) -> Any:
-    """A Lightning ``WandbLogger`` in the mode ``resolve_mode`` picks, with the resolved config attached."""
-    from lightning.pytorch.loggers import WandbLogger
-
+) -> TrackedWandbLogger:
+    """A `TrackedWandbLogger` in the mode ``resolve_mode`` picks (a Lightning ``WandbLogger``)."""
     resolved = resolve_mode(mode)
     if resolved != "online":
         log_model = False
     os.environ["WANDB_MODE"] = resolved  # so every W&B call of this process agrees, no prompts
     os.environ.setdefault("WANDB_SILENT", "true")
+    options: dict[str, Any] = {"project": project, "entity": entity, "name": name, "group": group}
+    options.update(tags=list(tags or []), save_dir=save_dir)
 
-    def make(run_mode: str, upload: bool | Literal["all"]) -> Any:
-        logger = WandbLogger(
-            project=project,
-            entity=entity,
-            name=name,
-            group=group,
-            tags=list(tags or []),
-            save_dir=save_dir,
-            mode=run_mode,
-            log_model=upload,
-            settings=_settings(),
-        )
-        logger.resolved_mode = run_mode  # type: ignore[attr-defined]
-        return logger
-
-    logger = make(resolved, log_model)
+    logger = TrackedWandbLogger(run_mode=resolved, log_model=log_model, settings=_settings(), **options)
     if resolved == "online":
         try:
             logger.experiment  # noqa: B018 -- start the run now, so a dead server is found before training
@@ -88,7 +84,7 @@ def wandb_logger(
             log.warning("W&B online start failed (%s: %s); logging offline instead", err.__class__.__name__, err)
             wandb.finish()
             os.environ["WANDB_MODE"] = "offline"
-            logger = make("offline", False)
+            logger = TrackedWandbLogger(run_mode="offline", log_model=False, settings=_settings(), **options)
     return logger
 
 
@@ -99,13 +95,13 @@ def _settings() -> Any:
     return wandb.Settings(console="off", init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 30)), silent=True)
 
 
-def finish(logger: Any) -> str | None:
+def finish(logger: TrackedWandbLogger) -> str | None:
     """Close the run (one W&B run per job, even inside a multirun); return the sync hint if offline."""
     import wandb
 
     run = wandb.run
     hint = None
-    if run is not None and getattr(logger, "resolved_mode", "online") == "offline":
+    if run is not None and logger.resolved_mode == "offline":
         hint = f"wandb sync {Path(run.dir).parent}"
     wandb.finish()
     return hint

@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mobilenet_pl.config import ConfigError, config_dir, register_schema, validate
-from mobilenet_pl.lit.callbacks import NonFiniteLossError
+from mobilenet_pl.lit.callbacks import NonFiniteLossError, Throughput
 from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.lit.data import ImageDataModule
@@ -72,21 +72,18 @@ def reported_errors() -> Iterator[None]:
 
 
 def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> MobileNetClassifier:
-    """The LightningModule from plain values: config dicts become plain dicts (checkpoints stay safe)."""
-    model = cfg.model
-    small_input = datamodule.small_input if model.small_input is None else model.small_input
+    """The LightningModule from plain values: the model group holds the backbone's keywords (plus
+    ``pretrained``, which is not saved); width and the data-given values are added here."""
+    model: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[assignment]
+    pretrained = model.pop("pretrained", False)
+    if model.get("small_input") is None:
+        model["small_input"] = datamodule.small_input
     return MobileNetClassifier(
-        model=model.name,
-        width=float(cfg.width),
+        model={**model, "width": float(cfg.width)},
         num_classes=datamodule.num_classes,
         in_chans=datamodule.in_chans,
         resolution=datamodule.resolution,
-        dropout=model.dropout,
-        drop_path_rate=model.drop_path_rate,
-        small_input=bool(small_input),
-        act_layer=model.act_layer,
-        init=model.init,
-        pretrained=model.pretrained,
+        pretrained=pretrained,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),  # type: ignore[arg-type]
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),  # type: ignore[arg-type]
         scale_lr=cfg.recipe.scale_lr,
@@ -137,12 +134,12 @@ def collect_results(
     if best_val is not None:
         metrics["val/acc1"] = float(best_val)
     last = Path(ckpt.dirpath or "", "last.ckpt") if ckpt is not None and ckpt.dirpath else None  # type: ignore[attr-defined]
-    throughput = next((cb for cb in trainer.callbacks if hasattr(cb, "images_per_sec")), None)  # type: ignore[attr-defined]
+    throughput = next((cb for cb in trainer.callbacks if isinstance(cb, Throughput)), None)  # type: ignore[attr-defined]
     return {
-        "model": hp["model"],
-        "width": hp["width"],
+        "model": hp["model"]["name"],
+        "width": hp["model"]["width"],
         "resolution": hp["resolution"],
-        "small_input": hp["small_input"],
+        "small_input": hp["model"]["small_input"],
         "params": sum(p.numel() for p in model.parameters()),
         "madds": madds,
         "metrics": metrics,

@@ -139,7 +139,11 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint written by Lightning after two training steps (BatchNorm statistics updated)."""
     torch.manual_seed(0)
     module = MobileNetClassifier(
-        model="v2", width=0.25, num_classes=4, resolution=32, class_names=["w", "x", "y", "z"], label_smoothing=0.0
+        {"name": "v2", "width": 0.25},
+        num_classes=4,
+        resolution=32,
+        class_names=["w", "x", "y", "z"],
+        label_smoothing=0.0,
     )
     data = TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 4, (16,)))
     trainer = L.Trainer(

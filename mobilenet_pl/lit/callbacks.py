@@ -115,7 +115,14 @@ class StopOnNonFiniteLoss(L.Callback):
 
 
 class Throughput(L.Callback):
-    """Training images per second over all epochs (all ranks together), excluding validation."""
+    """Training images per second over all epochs (all ranks together), excluding validation.
+
+    Kept instead of ``lightning.pytorch.callbacks.ThroughputMonitor``: observed with lightning 2.6.6,
+    that callback reports a rate only once its window (``window_size=100`` batches) is full -- after an
+    8-batch fit ``Throughput.compute()`` has no ``samples_per_sec`` at all -- sends it only to loggers
+    (nothing in ``trainer.callback_metrics`` or a public attribute for ``results.json``), and measures
+    the last window, not the whole run.
+    """
 
     def __init__(self) -> None:
         self.images = 0

@@ -1,33 +1,34 @@
 """``MobileNetClassifier``: a LightningModule around either backbone.
 
-Hyperparameters are plain values only (model name, width, dicts of numbers and strings), so a checkpoint
-loads with ``torch.load(path, weights_only=True)`` and ``MobileNetClassifier.load_from_checkpoint(path)``
-needs no other argument. The feature extractor is ``self.backbone`` (a MobileNet without classifier) and
+Hyperparameters are plain values only (the ``model`` dict of `create_model` keywords, numbers, and
+optimizer/scheduler names from allow-lists, never a ``_target_``), so a checkpoint loads with
+``torch.load(path, weights_only=True)``, ``MobileNetClassifier.load_from_checkpoint(path)`` needs no
+other argument, and nothing read from a checkpoint names code to call. The feature extractor is ``self.backbone`` (a MobileNet without classifier) and
 the linear head is ``self.classifier``, so Lightning's ``BackboneFinetuning`` freezes the one and trains
 the other. ``to_model()`` puts them back together into one MobileNet for export.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mobilenet_pl.lit.data import IGNORE_INDEX
-from mobilenet_pl.lit.optim import param_groups, scaled_lr
+from mobilenet_pl.lit.optim import build_optimizer, build_scheduler, check_config, preset, scaled_lr
 from mobilenet_pl.models import create_model
+from mobilenet_pl.models.checkpoint import model_hparams, upgrade_hparams
 
-DEFAULT_OPTIMIZER: dict[str, Any] = {
-    "_target_": "torch.optim.AdamW",
-    "_partial_": True,
-    "lr": 5e-3,
-    "weight_decay": 0.05,
-}
+# Restored from the checkpoint on resume (optimizer and scheduler state), so a new value would be ignored.
+RESUME_FIXED = ("optimizer", "scheduler", "scale_lr")
 
 
 class MobileNetClassifier(L.LightningModule):
@@ -35,23 +36,22 @@ class MobileNetClassifier(L.LightningModule):
     https://arxiv.org/abs/1801.04381).
 
     Args:
-        model: ``"v1"``, ``"v2"`` or a registered name.
-        width: width multiplier.
+        model: the backbone as ``{"name": "mobilenet_v2", "width": 0.5, "small_input": True, ...}``: a
+            registered name (or alias ``v1``/``v2``) and the keywords of `mobilenet_pl.create_model`
+            (``width``, ``dropout``, ``drop_path_rate``, ``small_input``, ``act_layer``, ``init``);
+            keywords left out take the model's defaults, and the saved hyperparameter lists them all.
         num_classes: classes of the data set.
         in_chans: image channels.
         resolution: training image side (kept so evaluation and export know it).
-        dropout: dropout before the classifier.
-        drop_path_rate: stochastic depth rate (V2's residual blocks).
-        small_input: stem stride 1 for 32x32-ish images.
-        act_layer: ``"relu6"`` or ``"relu"``.
-        init: ``"default"`` or ``"xavier"``.
         pretrained: ImageNet weights to start from (``True``, a tag or a file); not saved as a
             hyperparameter, because a checkpoint already holds the weights.
-        optimizer: ``{"_target_": "torch.optim.SGD", "_partial_": True, "lr": ..., ...}``; BatchNorm
-            parameters and biases get no weight decay.
-        scheduler: ``{"_target_": "mobilenet_pl.lit.optim.warmup_cosine", "_partial_": True, ...}`` or None.
+        optimizer: ``{"name": "sgd", "lr": ..., ...}``, a name of `mobilenet_pl.lit.optim.OPTIMIZERS` plus
+            numbers; None: the app's default, ``conf/optimizer/adamw.yaml``. BatchNorm parameters and
+            biases get no weight decay.
+        scheduler: ``{"name": "cosine", "warmup_epochs": 1, ...}`` (`mobilenet_pl.lit.optim.SCHEDULERS`)
+            or None for a constant lr.
         scale_lr: multiply lr by global batch / 256 (set by the training app).
-        label_smoothing: label smoothing of the cross-entropy loss.
+        label_smoothing: label smoothing of the cross-entropy loss (the app's recipe sets it).
         mixup: timm Mixup alpha (0 disables).
         cutmix: timm CutMix alpha (0 disables).
         ema_decay: keep an exponential moving average of the weights (timm ModelEmaV3) and evaluate it.
@@ -60,28 +60,24 @@ class MobileNetClassifier(L.LightningModule):
         class_names: names for reports and exports.
 
     Example:
-        >>> module = MobileNetClassifier(model="v2", width=0.5, num_classes=10, resolution=32)
+        >>> module = MobileNetClassifier({"name": "v2", "width": 0.5}, num_classes=10, resolution=32)
         >>> module(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
+        >>> module.hparams["model"]["small_input"]
+        False
     """
 
     def __init__(
         self,
-        model: str = "v2",
-        width: float = 1.0,
+        model: Mapping[str, Any] | None = None,
         num_classes: int = 1000,
         in_chans: int = 3,
         resolution: int = 224,
-        dropout: float = 0.2,
-        drop_path_rate: float = 0.0,
-        small_input: bool = False,
-        act_layer: str = "relu6",
-        init: str = "default",
         pretrained: bool | str = False,
-        optimizer: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
         scale_lr: bool = False,
-        label_smoothing: float = 0.1,
+        label_smoothing: float = 0.0,
         mixup: float = 0.0,
         cutmix: float = 0.0,
         ema_decay: float = 0.0,
@@ -89,20 +85,18 @@ class MobileNetClassifier(L.LightningModule):
         compile: bool = False,
         class_names: list[str] | None = None,
     ) -> None:
+        if isinstance(model, str):  # mobilenet_pl 0.1 layout: the keywords were separate arguments
+            raise ValueError(
+                f"model={model!r}: pass the backbone as a dict, e.g. model={{'name': {model!r}, 'width': ...}} "
+                "(checkpoints of mobilenet_pl 0.1 load with MobileNetClassifier.load_from_checkpoint)"
+            )
+        # normalised before save_hyperparameters reads them: plain, complete and checked values only
+        model = model_hparams(model or {"name": "mobilenet_v2"})
+        optimizer = check_config("optimizer", optimizer) or preset("optimizer", "adamw")
+        scheduler = check_config("scheduler", scheduler)
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained"])
-        net = create_model(
-            model,
-            width=width,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            dropout=dropout,
-            drop_path_rate=drop_path_rate,
-            small_input=small_input,
-            act_layer=act_layer,
-            init=init,  # type: ignore[arg-type]
-            pretrained=pretrained,
-        )
+        net = create_model(**model, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained)
         # the head moves out of the backbone (keeping pretrained weights when the class count matches)
         self.classifier: nn.Module = net.classifier
         net.reset_classifier(0)
@@ -119,6 +113,7 @@ class MobileNetClassifier(L.LightningModule):
             self.mixup_fn = Mixup(
                 mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=num_classes
             )
+        self.soft_target_loss = SoftTargetCrossEntropy()  # for Mixup/CutMix's soft labels
 
         top5 = min(5, num_classes)
         for stage in ("val", "test"):
@@ -144,15 +139,7 @@ class MobileNetClassifier(L.LightningModule):
     def to_model(self, ema: bool = True) -> nn.Module:
         """One plain MobileNet with this module's weights (the EMA weights when EMA is on and ``ema``)."""
         hp = self.hparams
-        model = create_model(
-            hp["model"],
-            width=hp["width"],
-            num_classes=hp["num_classes"],
-            in_chans=hp["in_chans"],
-            dropout=hp["dropout"],
-            small_input=hp["small_input"],
-            act_layer=hp["act_layer"],
-        )
+        model = create_model(**hp["model"], num_classes=hp["num_classes"], in_chans=hp["in_chans"])
         source = self.ema.module if ema and self.ema is not None else self._net()
         backbone, classifier = source[0], source[1]
         model.load_state_dict(
@@ -183,7 +170,7 @@ class MobileNetClassifier(L.LightningModule):
         x, y = batch
         if self.mixup_fn is not None:
             x, soft = self.mixup_fn(x, y)
-            loss = torch.sum(-soft * F.log_softmax(self(x), dim=-1), dim=-1).mean()
+            loss = self.soft_target_loss(self(x), soft)
         else:
             loss = F.cross_entropy(self(x), y, label_smoothing=self.hparams["label_smoothing"])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
@@ -222,24 +209,61 @@ class MobileNetClassifier(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        from hydra.utils import instantiate  # only here: the module imports without Hydra (benchmarks, export)
-
-        config = dict(self.hparams["optimizer"] or DEFAULT_OPTIMIZER)
+        config = dict(self.hparams["optimizer"])
         if self.hparams["scale_lr"]:
             global_batch = self.trainer.world_size * self._batch_size()
             config["lr"] = scaled_lr(config["lr"], global_batch)
-        # the configured weight decay is also the optimizer default, for groups added later (finetuning)
-        groups = param_groups([self.backbone, self.classifier], config.get("weight_decay", 0.0))
-        optimizer = instantiate(config)(groups)
-        scheduler_cfg = self.hparams["scheduler"]
-        if not scheduler_cfg:
+        optimizer = build_optimizer(config, self._net())
+        if not self.hparams["scheduler"]:
             return optimizer
-        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs or 1))
-        schedule = instantiate(dict(scheduler_cfg))(
-            optimizer, steps_per_epoch=int(steps_per_epoch), max_epochs=int(self.trainer.max_epochs or 1)
+        max_epochs = max(1, self.trainer.max_epochs or 1)
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max_epochs)
+        schedule = build_scheduler(
+            self.hparams["scheduler"], optimizer, steps_per_epoch=int(steps_per_epoch), max_epochs=int(max_epochs)
         )
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def _batch_size(self) -> int:
         datamodule = getattr(self.trainer, "datamodule", None)
         return int(getattr(datamodule, "batch_size", 1))
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, reading with ``weights_only=True`` unless told otherwise
+        (Lightning's default unpickles anything); checkpoints of mobilenet_pl 0.1 (the model keywords
+        as separate hyperparameters) are translated to today's ``model`` dict."""
+        kwargs.setdefault("weights_only", True)
+        if "model" not in kwargs and isinstance(checkpoint_path, (str, Path)):
+            raw = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+            hparams = raw.get("hyper_parameters", {}) if isinstance(raw, dict) else {}
+            if isinstance(hparams.get("model"), str):
+                kwargs["model"] = upgrade_hparams(hparams)["model"]
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """On resume the optimizer and scheduler state come from the checkpoint, so a changed
+        ``optimizer.lr`` (or any of `RESUME_FIXED`) would be silently ignored: refuse instead."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return
+        saved = upgrade_hparams(checkpoint.get("hyper_parameters", {}))
+        for key in RESUME_FIXED:
+            old = saved.get(key) if key == "scale_lr" else check_config(key, saved.get(key))
+            difference = _first_difference(key, old, self.hparams[key])
+            if difference:
+                raise ValueError(
+                    f"{difference}: resuming restores the checkpoint's optimizer and scheduler, so the new value "
+                    "would not apply; resume with the old value, or start a new run from the weights "
+                    "(model.pretrained=PATH)"
+                )
+
+
+def _first_difference(key: str, old: Any, new: Any) -> str | None:
+    """``"key.name=new differs from the resumed checkpoint's old"`` for the first differing value."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for name in sorted(old.keys() | new.keys()):
+            if old.get(name) != new.get(name):
+                return f"{key}.{name}={new.get(name)!r} differs from the resumed checkpoint's {old.get(name)!r}"
+        return None
+    return None if old == new else f"{key}={new!r} differs from the resumed checkpoint's {old!r}"

@@ -1,15 +1,21 @@
-"""Optimizer parameter groups and learning-rate schedules built from plain config dicts.
+"""Optimizers and learning-rate schedules chosen by name from an allow-list, configured by numbers.
 
-Optimizer and scheduler configs are ``{"_target_": ..., "_partial_": true, ...}`` dicts of primitives,
-so the LightningModule can keep them as hyperparameters and checkpoints stay ``weights_only``-loadable.
+An optimizer or scheduler config is ``{"name": "sgd", "lr": 0.045, "momentum": 0.9, ...}``: a name from
+`OPTIMIZERS` / `SCHEDULERS` plus numbers. The LightningModule keeps these dicts as hyperparameters, and
+a checkpoint's hyperparameters are data, never code: nothing here imports a dotted path it was given
+(a ``_target_`` of an older config is accepted only when it is one of the `LEGACY_TARGETS`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
+from timm.optim import RMSpropTF, param_groups_weight_decay
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -18,7 +24,13 @@ SchedulerConfig = dict[str, Any]
 
 class GroupTolerantLambdaLR(LambdaLR):
     """LambdaLR that adopts parameter groups added mid-training (Lightning's BackboneFinetuning adds one
-    when it unfreezes): the new group follows the same schedule from the lr it was added with."""
+    when it unfreezes): the new group follows the same schedule from the lr it was added with.
+
+    Kept instead of ``timm.scheduler.CosineLRScheduler``: observed with timm 1.0.31, a group added by
+    ``optimizer.add_param_group`` after the scheduler is built keeps its initial lr for the rest of the
+    run (timm's ``update_groups`` zips the groups with the values computed for the original groups), so
+    the unfrozen backbone would train at a constant lr (see tests/app/test_optim.py).
+    """
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         for group in self.optimizer.param_groups[len(self.base_lrs) :]:
@@ -27,16 +39,6 @@ class GroupTolerantLambdaLR(LambdaLR):
             self.base_lrs.append(group["initial_lr"])
             self.lr_lambdas.append(self.lr_lambdas[0])
         return [float(lr) for lr in super().get_lr()]
-
-
-def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: weight decay on conv/linear weights, none on BatchNorm parameters and biases."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for param in (p for module in modules for p in module.parameters()):
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def scaled_lr(lr: float, global_batch: int, reference_batch: int = 256) -> float:
@@ -78,3 +80,123 @@ def step(optimizer: torch.optim.Optimizer, *, step_size: int = 1, gamma: float =
 def constant(optimizer: torch.optim.Optimizer, **_: Any) -> SchedulerConfig:
     """No schedule: the learning rate stays where the optimizer config put it."""
     return {"scheduler": GroupTolerantLambdaLR(optimizer, lambda _step: 1.0), "interval": "epoch"}
+
+
+# The allow-lists: the only code an optimizer or scheduler config can reach.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "rmsprop": RMSpropTF,  # the papers' RMSProp with TensorFlow-style epsilon
+    "sgd": torch.optim.SGD,
+}
+SCHEDULERS: dict[str, Callable[..., SchedulerConfig]] = {
+    "cosine": warmup_cosine,
+    "exponential": exponential,
+    "none": constant,
+    "step": step,
+}
+# ``_target_`` values of configs and checkpoints written before names (mobilenet_pl 0.1), by name.
+LEGACY_TARGETS = {
+    "torch.optim.AdamW": "adamw",
+    "timm.optim.RMSpropTF": "rmsprop",
+    "torch.optim.SGD": "sgd",
+    "mobilenet_pl.lit.optim.warmup_cosine": "cosine",
+    "mobilenet_pl.lit.optim.exponential": "exponential",
+    "mobilenet_pl.lit.optim.constant": "none",
+    "mobilenet_pl.lit.optim.step": "step",
+}
+# Arguments filled in by the module, not by the config.
+_BUILT_IN = {"params", "optimizer", "steps_per_epoch", "max_epochs"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and (isinstance(value, bool) or math.isfinite(value))
+
+
+def check_config(kind: str, config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The config as a plain ``{"name": ..., numbers...}`` dict, or ValueError naming the key.
+
+    ``kind`` is ``"optimizer"`` or ``"scheduler"``. An older ``_target_`` config is translated through
+    `LEGACY_TARGETS`; any other ``_target_`` is refused, so nothing read from a file names code to call.
+    """
+    if config is None:
+        return None
+    table = OPTIMIZERS if kind == "optimizer" else SCHEDULERS
+    choices = ", ".join(sorted(table))
+    out = {str(k): v for k, v in dict(config).items() if k != "_partial_"}
+    if "_target_" in out:
+        target = out.pop("_target_")
+        if target not in LEGACY_TARGETS or LEGACY_TARGETS[target] not in table:
+            raise ValueError(
+                f"{kind}._target_={target!r} is not allowed: a {kind} is a name ({choices}) plus numbers; "
+                "nothing read from a config or checkpoint may name code to call"
+            )
+        out.setdefault("name", LEGACY_TARGETS[target])
+    name = str(out.get("name"))
+    if name not in table:
+        raise ValueError(f"{kind}.name={out.get('name')!r} is not allowed: choose one of {choices}")
+    accepted = [p for p in inspect.signature(table[name]).parameters.values() if p.kind != p.VAR_KEYWORD]
+    allowed = {p.name for p in accepted} - _BUILT_IN
+    for key, value in out.items():
+        if key == "name":
+            continue
+        if key not in allowed:
+            raise ValueError(f"{kind}.{key} is not an option of {kind} {name!r}; its options: {sorted(allowed)}")
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        if not numbers or not all(_is_number(v) for v in numbers):
+            raise ValueError(f"{kind}.{key}={value!r} is not allowed: {kind} values must be finite numbers")
+        if isinstance(value, tuple):
+            out[key] = list(value)
+    _try(kind, out)
+    return out
+
+
+def _try(kind: str, config: dict[str, Any]) -> None:
+    """Build (and for a schedule, step) the config on a dummy parameter, so a value torch refuses, or one
+    that fails only later (``step_size: 0`` divides by zero at the first epoch), stops here, named."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k != "name"}
+    try:
+        if kind == "optimizer":
+            OPTIMIZERS[config["name"]]([nn.Parameter(torch.zeros(1))], **options)
+            return
+        schedule = SCHEDULERS[config["name"]](optimizer, steps_per_epoch=2, max_epochs=2, **options)["scheduler"]
+        for _ in range(4):
+            optimizer.step()
+            schedule.step()
+    except (ValueError, TypeError, ArithmeticError) as err:
+        settings = ", ".join(f"{kind}.{k}={v!r}" for k, v in options.items())
+        raise ValueError(f"{kind} {config['name']!r} with {settings or 'its defaults'} is not allowed: {err}") from None
+
+
+def build_optimizer(config: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names over ``model``'s trainable parameters.
+
+    BatchNorm parameters and biases get no weight decay (``timm.optim.param_groups_weight_decay``); the
+    configured weight decay is also the optimizer's default, for groups added later (finetuning).
+    """
+    checked = check_config("optimizer", config)
+    assert checked is not None
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in checked.items() if k != "name"}
+    groups = param_groups_weight_decay(model, float(checked.get("weight_decay", 0.0)))
+    return OPTIMIZERS[checked["name"]](groups, **options)
+
+
+def build_scheduler(
+    config: Mapping[str, Any], optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, max_epochs: int
+) -> SchedulerConfig:
+    """Lightning's ``lr_scheduler`` dict for the schedule ``config`` names."""
+    checked = check_config("scheduler", config)
+    assert checked is not None
+    options = {k: v for k, v in checked.items() if k != "name"}
+    return SCHEDULERS[checked["name"]](optimizer, steps_per_epoch=steps_per_epoch, max_epochs=max_epochs, **options)
+
+
+def preset(kind: str, name: str) -> dict[str, Any]:
+    """The shipped ``conf/<kind>/<name>.yaml``, checked: the app's defaults, written once."""
+    import yaml
+
+    from mobilenet_pl.config import config_dir
+
+    checked = check_config(kind, yaml.safe_load((Path(config_dir()) / kind / f"{name}.yaml").read_text()))
+    assert checked is not None
+    return checked

@@ -1,7 +1,8 @@
-"""State-dict conversion from torchvision and timm, and pretrained-weight loading.
+"""State-dict conversion between torchvision, timm and ours, and pretrained-weight loading.
 
 Foreign checkpoints are renamed key by key into our layout (``stem``, ``stages.i.j.conv_*``, ``head``,
-``classifier``); the tensors themselves are untouched, so converted models compute the same function.
+``classifier``) and back (`to_foreign_state_dict`); the tensors themselves are untouched, so converted
+models compute the same function.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from mobilenet_pl.models.checkpoint import is_our_checkpoint, lightning_weights, upgrade_hparams
 from mobilenet_pl.models.specs import MOBILENET_V2
 
 Source = Literal["torchvision", "timm", "mobilenet_pl"]
@@ -79,6 +81,48 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], source: Source | None =
     else:
         raise ValueError(f"source must be 'torchvision', 'timm' or 'mobilenet_pl', got {source!r}")
     return {rename(key): value for key, value in state_dict.items()}
+
+
+# Models whose key layout `to_foreign_state_dict` writes (key names do not depend on the width).
+_FOREIGN_TEMPLATES = {
+    ("timm", "mobilenet_v1"): "mobilenetv1_100",
+    ("timm", "mobilenet_v2"): "mobilenetv2_100",
+    ("torchvision", "mobilenet_v2"): "mobilenet_v2",
+}
+
+
+def to_foreign_state_dict(
+    state_dict: Mapping[str, Tensor], target: Literal["timm", "torchvision"], model: str = "mobilenet_v2"
+) -> StateDict:
+    """The reverse of `convert_state_dict`: our weights in timm's or torchvision's key layout.
+
+    Example:
+        >>> import torchvision
+        >>> from mobilenet_pl import mobilenet_v2
+        >>> ours = mobilenet_v2(width=0.5).state_dict()
+        >>> _ = torchvision.models.mobilenet_v2(width_mult=0.5).load_state_dict(
+        ...     to_foreign_state_dict(ours, "torchvision"))
+    """
+    template_name = _FOREIGN_TEMPLATES.get((target, model))
+    if template_name is None:
+        choices = [f"{t}/{m}" for t, m in _FOREIGN_TEMPLATES]
+        raise ValueError(f"no {target} layout for {model}; available: {choices}")
+    with torch.device("meta"):  # only the key names are needed: no memory, no init time
+        if target == "timm":
+            import timm
+
+            template = timm.create_model(template_name).state_dict()
+        else:
+            import torchvision
+
+            template = torchvision.models.mobilenet_v2().state_dict()
+    rename = _torchvision_renamer() if target == "torchvision" else _timm_renamer(template)
+    theirs = {rename(key): key for key in template}
+    ours = unwrap_state_dict(state_dict)
+    unknown = [key for key in ours if key not in theirs]
+    if unknown:
+        raise ValueError(f"keys with no {target} {model} counterpart: {unknown[:5]} (is the model right?)")
+    return {theirs[key]: value for key, value in ours.items()}
 
 
 def unwrap_state_dict(obj: Mapping[str, object]) -> StateDict:
@@ -198,6 +242,12 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
 
 def load_state_dict_file(path: str | Path) -> StateDict:
     """Read a state dict safely (``weights_only=True``; safetensors too) and convert it to our keys."""
+    return read_weights_file(path)[0]
+
+
+def read_weights_file(path: str | Path) -> tuple[StateDict, dict[str, object] | None]:
+    """Our-layout weights of a file, and the ``model`` hyperparameters when it is one of our training
+    checkpoints (whose weights are then the EMA copy when the run kept one), else None."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
@@ -212,7 +262,10 @@ def load_state_dict_file(path: str | Path) -> StateDict:
             raise ValueError(
                 f"refusing to load {str(path)!r}: not a plain tensor checkpoint ({err.__class__.__name__}: {str(err).splitlines()[0]})"
             ) from err
-    return convert_state_dict(unwrap_state_dict(raw))
+    if is_our_checkpoint(raw):  # a MobileNetClassifier checkpoint: the EMA weights when the run kept them
+        arch = upgrade_hparams(raw["hyper_parameters"])["model"]  # type: ignore[index,arg-type]
+        return lightning_weights(raw["state_dict"]), arch  # type: ignore[index,arg-type]
+    return convert_state_dict(unwrap_state_dict(raw)), None
 
 
 def available_pretrained() -> str:
@@ -235,10 +288,10 @@ def _download(weights: PretrainedWeights) -> StateDict:
 
 
 def load_pretrained(model: nn.Module, name: str, width: float, pretrained: bool | str | Path) -> None:
-    """Load ImageNet weights (``True`` or a tag) or a local file into ``model`` in place.
+    """Load ImageNet weights (``True`` or a tag) or a local file into ``model`` in place (`load_weights`).
 
-    The classifier is kept freshly initialised when ``num_classes`` differs from the checkpoint's,
-    and layers a ``features_only`` model does not build are ignored.
+    A local file may be a torchvision, timm or mobilenet_pl state dict, or one of our training
+    checkpoints (its EMA weights when the run kept an EMA: what validation, test and eval used).
     """
     tags = PRETRAINED.get((name, float(width)), {})
     if isinstance(pretrained, Path) or (isinstance(pretrained, str) and pretrained not in tags):
@@ -251,7 +304,9 @@ def load_pretrained(model: nn.Module, name: str, width: float, pretrained: bool 
                 f"pretrained={pretrained!r} is neither a tag of {name} width {width:g} ({list(tags) or 'none'}) "
                 f"nor an existing file. Weights exist for: {available_pretrained()}."
             )
-        state_dict = load_state_dict_file(pretrained)
+        state_dict, arch = read_weights_file(pretrained)
+        if arch is not None:
+            _check_same_architecture(model, name, pretrained, arch)
     else:
         if not tags:
             raise ValueError(
@@ -267,6 +322,26 @@ def load_pretrained(model: nn.Module, name: str, width: float, pretrained: bool 
                 f"Download them once where there is a network, or pass pretrained='/path/to/weights.pth'. "
                 f"Weights exist for: {available_pretrained()}."
             ) from err
+    load_weights(model, state_dict)
+
+
+def _check_same_architecture(model: nn.Module, name: str, path: str | Path, arch: Mapping[str, object]) -> None:
+    # a width mismatch shows in the shapes; these two would load silently into a different network
+    small_input = model.stem.conv.stride[0] == 1  # type: ignore[union-attr,index]
+    if arch["name"] != name or bool(arch["small_input"]) != small_input:
+        raise ValueError(
+            f"pretrained={str(path)!r} was trained as {arch['name']} with small_input={arch['small_input']}, "
+            f"but this model is {name} with small_input={small_input}: build it with the checkpoint's settings, "
+            "or use mobilenet_pl.from_checkpoint(path), which reads them"
+        )
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Load our-layout weights into ``model``, checked key by key.
+
+    The classifier is kept freshly initialised when ``num_classes`` differs from the checkpoint's,
+    and layers a ``features_only`` model does not build are ignored.
+    """
     expected = model.state_dict()
     state_dict = {
         k: v

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mobilenet_pl.config import ConfigError, validate
+from mobilenet_pl.lit.optim import build_optimizer, build_scheduler
 from mobilenet_pl.train import build_module
 
 
@@ -57,7 +58,7 @@ def test_model_and_optimizer_options(model: str, optimizer: str, run_dir: Path) 
     cfg = compose_train([f"model={model}", f"optimizer={optimizer}", "width=0.25"], run_dir)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule)
-    opt = instantiate(OmegaConf.to_container(cfg.optimizer))(module.backbone.parameters())
+    opt = build_optimizer(OmegaConf.to_container(cfg.optimizer), module.backbone)  # type: ignore[arg-type]
     assert opt.defaults["lr"] == cfg.optimizer.lr
     assert module.backbone.feature_info[0]["num_chs"] >= 8
 
@@ -66,7 +67,7 @@ def test_model_and_optimizer_options(model: str, optimizer: str, run_dir: Path) 
 def test_scheduler_options(scheduler: str, run_dir: Path) -> None:
     cfg = compose_train([f"scheduler={scheduler}"], run_dir)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    schedule = instantiate(OmegaConf.to_container(cfg.scheduler))(opt, steps_per_epoch=10, max_epochs=5)
+    schedule = build_scheduler(OmegaConf.to_container(cfg.scheduler), opt, steps_per_epoch=10, max_epochs=5)  # type: ignore[arg-type]
     assert schedule["interval"] in ("step", "epoch")
     lrs = []
     for _ in range(50 if schedule["interval"] == "step" else 5):

@@ -56,6 +56,7 @@ def test_results_json_contract(trained: tuple[dict, Path]) -> None:
     assert Path(saved["checkpoint"]).is_file() and Path(saved["last_checkpoint"]).name == "last.ckpt"
     assert {"val/acc1", "test/acc1", "test/acc5", "test/loss"} <= set(saved["metrics"])
     assert saved["wall_time_s"] > 0 and (run_dir / "confusion_matrix.png").stat().st_size > 1000
+    assert saved["train_images_per_s"] > 0  # the Throughput callback, found by its type
 
 
 def test_checkpoint_loads_safely_with_no_arguments(trained: tuple[dict, Path]) -> None:
@@ -64,7 +65,7 @@ def test_checkpoint_loads_safely_with_no_arguments(trained: tuple[dict, Path]) -
     assert all(isinstance(v, (int, float, str, bool, list, dict, type(None))) for v in raw["hyper_parameters"].values())
     assert not any("_orig_mod" in k for k in raw["state_dict"])
     module = MobileNetClassifier.load_from_checkpoint(results["checkpoint"])
-    assert module.hparams["width"] == 0.25 and module.hparams["num_classes"] == 10
+    assert module.hparams["model"]["width"] == 0.25 and module.hparams["num_classes"] == 10
     torch.testing.assert_close(
         module.state_dict()["backbone.stem.conv.weight"], raw["state_dict"]["backbone.stem.conv.weight"]
     )
@@ -74,7 +75,8 @@ def test_checkpoint_loads_safely_with_no_arguments(trained: tuple[dict, Path]) -
 
 
 def test_offline_wandb_run_holds_metrics(trained: tuple[dict, Path]) -> None:
-    _, run_dir = trained
+    results, run_dir = trained
+    assert results["wandb_sync"].startswith("wandb sync ")  # the logger knew it ran offline
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "one W&B run per job"
     records = next(runs[0].glob("run-*.wandb")).read_bytes()
@@ -168,7 +170,7 @@ def test_backbone_finetuning_freezes_then_unfreezes(scheduler: str, tmp_path: Pa
     sched = OmegaConf.to_container(
         OmegaConf.load(Path(__file__).parents[2] / "conf" / "scheduler" / f"{scheduler}.yaml")
     )
-    module = MobileNetClassifier(model="v2", width=0.25, num_classes=10, resolution=32, scheduler=sched)
+    module = MobileNetClassifier({"name": "v2", "width": 0.25}, num_classes=10, resolution=32, scheduler=sched)
     start = {k: v.clone() for k, v in module.state_dict().items()}
     conv, head = "backbone.stages.1.0.conv_pw.conv.weight", "classifier.weight"
 
@@ -194,3 +196,36 @@ def test_backbone_finetuning_freezes_then_unfreezes(scheduler: str, tmp_path: Pa
         module, datamodule
     )
     assert changed(conv)
+
+
+def test_resume_with_a_new_lr_stops_with_one_line(trained: tuple[dict, Path], tmp_path: Path) -> None:
+    """Resuming restores the checkpoint's optimizer: a new optimizer.lr would be recorded but not run."""
+    results, _ = trained
+    cfg = compose_train(
+        [
+            "data=fake",
+            "width=0.25",
+            "data.batch_size=16",
+            "logger=none",
+            "optimizer.lr=0.01",
+            f"ckpt_path={results['last_checkpoint']}",
+            *FAST,
+        ],
+        tmp_path,
+    )
+    with pytest.raises(ValueError, match=r"^optimizer\.lr=0\.01 differs from the resumed checkpoint's 0\.005"):
+        train(cfg, tmp_path)
+
+
+def test_non_utf8_class_folder_trains_to_results(run_dir: Path, tmp_path: Path) -> None:
+    """A Latin-1 class folder name (surrogate-escaped by Python) reaches results.json and the plot."""
+    import os
+
+    root = make_image_folder(tmp_path / "images")
+    for split in ("train", "val"):
+        os.rename(root / split / "class_0", os.fsencode(root / split) + b"/caf\xe9")
+    overrides = [f"data.root={root}", "resolution=32", "data.num_workers=0", "data.batch_size=4"]
+    cfg = compose_train(["data=imagefolder", "logger=none", "width=0.25", *overrides, *FAST], run_dir)
+    train(cfg, run_dir)
+    assert (run_dir / "confusion_matrix.png").stat().st_size > 1000
+    assert json.loads((run_dir / "results.json").read_text())["test_samples"] > 0

@@ -9,7 +9,7 @@ import torchvision
 
 from mobilenet_pl import convert_state_dict, create_model
 from mobilenet_pl.models import convert
-from mobilenet_pl.models.convert import check_state_dict, detect_source, load_state_dict_file
+from mobilenet_pl.models.convert import check_state_dict, detect_source, load_state_dict_file, to_foreign_state_dict
 
 TIMM_MODELS = [
     ("mobilenetv1_100", "mobilenet_v1", 1.0),
@@ -158,3 +158,32 @@ def test_unwrap_nested_wrapper_prefixes() -> None:
     ours = create_model("v1", width=0.25).state_dict()
     wrapped = {"state_dict": {f"model._orig_mod.{k}": v for k, v in ours.items()}, "epoch": 3}
     assert list(convert.unwrap_state_dict(wrapped)) == list(ours)
+
+
+# -- the reverse: our weights in timm's and torchvision's layout, loaded by those libraries' own loaders --
+@pytest.mark.parametrize("width", [0.5, 1.0])
+def test_to_torchvision_layout_loads_into_torchvision(width: float) -> None:
+    ours = randomize(create_model("v2", width=width))
+    theirs = torchvision.models.mobilenet_v2(width_mult=width).eval()
+    theirs.load_state_dict(to_foreign_state_dict(ours.state_dict(), "torchvision"), strict=True)
+    assert_same_function(theirs, ours)
+
+
+@pytest.mark.parametrize(("timm_name", "name", "width"), [TIMM_MODELS[0], TIMM_MODELS[2], TIMM_MODELS[3]])
+def test_to_timm_layout_loads_through_pretrained_cfg_overlay(
+    timm_name: str, name: str, width: float, tmp_path: Path
+) -> None:
+    """timm's own pretrained loader reads the file offline (``pretrained_cfg_overlay=dict(file=...)``)."""
+    ours = randomize(create_model(name, width=width))
+    torch.save(to_foreign_state_dict(ours.state_dict(), "timm", name), tmp_path / "ours_as_timm.pth")
+    theirs = timm.create_model(
+        timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "ours_as_timm.pth")}
+    ).eval()
+    assert_same_function(theirs, ours)
+
+
+def test_to_foreign_layout_refuses_what_it_cannot_map() -> None:
+    with pytest.raises(ValueError, match=r"no torchvision layout for mobilenet_v1"):
+        to_foreign_state_dict(create_model("v1").state_dict(), "torchvision", "mobilenet_v1")
+    with pytest.raises(ValueError, match=r"keys with no timm mobilenet_v2 counterpart"):
+        to_foreign_state_dict(create_model("v1").state_dict(), "timm", "mobilenet_v2")
