@@ -211,3 +211,10 @@ def test_features_only_is_a_sibling_with_only_working_methods(name: str) -> None
     features.set_grad_checkpointing(False)
     assert len(features(X)) == len(features.feature_info)
     assert features.pretrained_cfg["first_conv"] == "stem.conv" and "classifier" not in features.pretrained_cfg
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_only_ignores_classifier_keywords_as_timm(name: str) -> None:
+    plain = create_model(name, width=0.25, features_only=True)
+    with_head_keys = create_model(name, width=0.25, features_only=True, num_classes=10, dropout=0.5, global_pool="max")
+    assert list(plain.state_dict()) == list(with_head_keys.state_dict())
