@@ -10,15 +10,17 @@ taps) live in `build_trunk`; the blocks only know their own layers. `MobileNet` 
 # code it generates, and TorchScript cannot resolve the postponed string 'Tensor' there (fx-then-script).
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
 import torch
 import torch.fx
+import torch.utils.checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d
-from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
@@ -254,7 +256,7 @@ class MobileNet(nn.Module):
         """Image batch -> the last feature map (before pooling), ``num_features`` channels."""
         x = self.stem(check_input_size(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x, flatten=True)  # one segment per block: only block inputs are kept
+            x = checkpoint_blocks(self.stages, x)
         else:
             x = self.stages(x)
         return self.head(x)
@@ -299,7 +301,7 @@ class MobileNet(nn.Module):
         intermediates: list[Tensor] = []
         x = self.stem(check_input_size(x))
         for i, stage in enumerate(stages):
-            x = checkpoint_seq(stage, x) if self.grad_checkpointing else stage(x)
+            x = checkpoint_blocks(stage, x) if self.grad_checkpointing else stage(x)
             if i in take_stages:
                 intermediates.append(x)
         if intermediates_only:
@@ -415,7 +417,7 @@ class MobileNetFeatures(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage in the backward pass instead of keeping its activations (less memory)."""
+        """Recompute each block in the backward pass instead of keeping its activations (less memory)."""
         self.grad_checkpointing = enable
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -424,12 +426,46 @@ class MobileNetFeatures(nn.Module):
         for i, stage in enumerate(self.stages):
             # an if statement, not a ternary: TorchScript skips only an if-branch under is_scripting()
             if self.grad_checkpointing and not torch.jit.is_scripting():  # noqa: SIM108
-                x = checkpoint_seq(stage, x)
+                x = checkpoint_blocks(stage, x)
             else:
                 x = stage(x)
             if i in self.tap_stages:
                 features.append(x)
         return features
+
+
+def checkpoint_blocks(stages: nn.Module, x: Tensor) -> Tensor:
+    """Run ``stages`` (or one stage) block by block under ``torch.utils.checkpoint``: only block inputs are kept.
+
+    The backward pass re-runs each block in train mode; `_bn_stats_frozen` keeps that second run from
+    moving the BatchNorm running statistics again, so they match a step without checkpointing (timm's
+    ``checkpoint_seq`` updates them twice).
+    """
+    blocks = [b for s in stages.children() for b in (s.children() if isinstance(s, nn.Sequential) else [s])]
+    for block in blocks:
+        x = torch.utils.checkpoint.checkpoint(
+            block, x, use_reentrant=False, context_fn=partial(_forward_then_recompute, block)
+        )
+    return x
+
+
+def _forward_then_recompute(block: nn.Module) -> tuple[Any, Any]:
+    return nullcontext(), _bn_stats_frozen(block)
+
+
+@contextmanager
+def _bn_stats_frozen(module: nn.Module) -> Iterator[None]:
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.training and m.track_running_stats]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            if count is not None and m.num_batches_tracked is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 def _as_list(indices: int | list[int] | tuple[int, ...] | None) -> int | list[int] | None:
@@ -466,6 +502,7 @@ __all__ = [
     "Trunk",
     "build_trunk",
     "check_input_size",
+    "checkpoint_blocks",
     "default_pretrained_cfg",
     "init_weights",
 ]

@@ -118,7 +118,7 @@ def _saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("features_only", [False, True])
-def test_grad_checkpointing_same_gradients_less_saved_memory(name: str, features_only: bool) -> None:
+def test_grad_checkpointing_same_gradients_and_bn_stats_less_saved_memory(name: str, features_only: bool) -> None:
     torch.manual_seed(0)
     model = create_model(name, width=0.5, drop_path_rate=0.1, dropout=0.0, features_only=features_only).train()
     reference = copy.deepcopy(model)
@@ -134,6 +134,9 @@ def test_grad_checkpointing_same_gradients_less_saved_memory(name: str, features
     assert checkpointed < plain / 3
     for (n, a), (_, b) in zip(reference.named_parameters(), model.named_parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, msg=n)
+    # the recomputation in backward does not move BatchNorm statistics a second time
+    for (n, a), (_, b) in zip(reference.named_buffers(), model.named_buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -208,3 +211,10 @@ def test_features_only_is_a_sibling_with_only_working_methods(name: str) -> None
     features.set_grad_checkpointing(False)
     assert len(features(X)) == len(features.feature_info)
     assert features.pretrained_cfg["first_conv"] == "stem.conv" and "classifier" not in features.pretrained_cfg
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_only_ignores_classifier_keywords_as_timm(name: str) -> None:
+    plain = create_model(name, width=0.25, features_only=True)
+    with_head_keys = create_model(name, width=0.25, features_only=True, num_classes=10, dropout=0.5, global_pool="max")
+    assert list(plain.state_dict()) == list(with_head_keys.state_dict())
