@@ -216,49 +216,6 @@ def test_disk_full_during_training_is_one_clear_line(tmp_path: Path) -> None:
         load_weights(ckpt)  # what is there still loads
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_corrupt_images_are_named_counted_and_skipped(num_workers: int, tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path / "images", classes=2, per_class=4)
-    broken = root / "train" / "class_1" / "img_2.jpg"
-    broken.write_bytes(b"\xff\xd8 this is not a jpeg")
-    (root / "train" / "class_0" / "img_1.jpg").write_bytes(broken.read_bytes()[:5])
-    datamodule = ImageFolderDataModule(root=str(root), resolution=32, batch_size=8, num_workers=num_workers)
-    datamodule.setup("fit")
-    if num_workers == 0:
-        with pytest.warns(UserWarning, match=r"skipping corrupt image .*img_\d.jpg.*2 skipped so far"):
-            batches = list(datamodule.split_dataloader("train"))
-    else:
-        batches = list(datamodule.split_dataloader("train"))  # workers warn on their stderr; nothing hangs
-    assert sum(len(y) for _, y in batches) == 8
-
-
-def test_corrupt_image_fatal_option_names_the_file(tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path / "images", classes=2, per_class=2)
-    (root / "val" / "class_0" / "img_0.jpg").write_bytes(b"garbage")
-    datamodule = ImageFolderDataModule(root=str(root), resolution=32, batch_size=4, num_workers=2, on_corrupt="error")
-    datamodule.setup("fit")
-    with pytest.raises(RuntimeError, match=r"corrupt or unreadable image .*val/class_0/img_0.jpg"):
-        list(datamodule.val_dataloader())
-
-
-def test_corrupt_images_end_to_end_warn_and_train(tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path / "images", classes=2, per_class=4)
-    (root / "train" / "class_1" / "img_3.jpg").write_bytes(b"garbage")
-    proc = run_ok(
-        "mobilenet_pl.train",
-        "data=imagefolder",
-        f"data.root={root}",
-        "data.num_workers=0",
-        "data.batch_size=4",
-        "resolution=32",
-        "width=0.25",
-        *FAST,
-        "logger=none",
-        cwd=tmp_path,
-    )
-    assert "skipping corrupt image" in proc.stderr and "img_3.jpg" in proc.stderr
-
-
 class Payload:  # any class: pickling it stores code references that weights_only refuses
     pass
 
