@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, compose_train, make_image_folder, run_cli, run_ok
+from helpers import FAST, compose_train, run_cli
 
 from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
-from mobilenet_pl.lit.data import ImageFolderDataModule
 from mobilenet_pl.train import train
 
 # many tiny epochs on fake data: a checkpoint is written several times a second
