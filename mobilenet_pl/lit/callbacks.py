@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +55,57 @@ class EpochSeed(L.Callback):
 
 
 class CheckpointOnSigterm(L.Callback):
-    """On SIGTERM (scheduler kill, preemption warning) save ``last.ckpt`` after the current batch.
+    """On SIGTERM (scheduler kill, preemption warning) save ``last.ckpt`` and say so, at any moment of fit.
 
-    Lightning then stops training and the process exits cleanly; ``ckpt_path=.../last.ckpt``
-    (or ``auto_resume`` in the same run dir) continues from that batch's epoch.
+    During training the checkpoint is saved after the current batch; during validation (Lightning stops
+    it after the current batch) it holds the whole training epoch; ``ckpt_path=.../last.ckpt`` (or
+    ``auto_resume`` in the same run dir) continues from there. SIGTERM during testing stops the test with
+    a message naming the checkpoint to evaluate, and no results.json (a partial test would mislead).
+    The process then exits with status 143 (128 + SIGTERM, as a shell reports a SIGTERM kill): the run
+    did not finish.
     """
+
+    def __init__(self) -> None:
+        self._saved_step: int | None = None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not trainer.received_sigterm:
+        if trainer.received_sigterm:
+            self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
             return
+        exception.code = 128 + signal.SIGTERM  # SystemExit's status; Lightning's is None (0: "finished")
+        if trainer.state.fn == TrainerFn.FITTING:
+            if self._saved_step != trainer.global_step:  # interrupted outside a training batch: validation
+                self._save(trainer)
+        elif trainer.is_global_zero:
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "") or "<checkpoint>"
+            print(
+                f"received SIGTERM during {_stage(trainer)}: stopped, no results written; "
+                f"evaluate with python -m mobilenet_pl.eval ckpt_path={best} split=test",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _save(self, trainer: L.Trainer) -> None:
         dirpath = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
         path = Path(dirpath) / "last.ckpt"
         trainer.save_checkpoint(path)
+        self._saved_step = trainer.global_step
         if trainer.is_global_zero:
             print(
-                f"received SIGTERM: saved {path} (epoch {trainer.current_epoch}, step {trainer.global_step}); resume with ckpt_path={path}",
+                f"received SIGTERM during {_stage(trainer)}: saved {path} (epoch {trainer.current_epoch}, "
+                f"step {trainer.global_step}); resume with ckpt_path={path}",
                 flush=True,
             )
+
+
+def _stage(trainer: L.Trainer) -> str:
+    stage = trainer.state.stage
+    return stage.value if stage is not None else "setup"
 
 
 class StopOnNonFiniteLoss(L.Callback):

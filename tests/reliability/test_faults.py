@@ -7,14 +7,17 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
 import torch
-from helpers import FAST, compose_train, run_cli
+from helpers import FAST, compose_train, run_cli, run_ok
 
 from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from mobilenet_pl.train import train
@@ -74,7 +77,7 @@ def test_kill_9_at_any_moment_leaves_a_loadable_last_ckpt(attempt: int, tmp_path
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
-def test_sigterm_saves_a_checkpoint_mid_epoch_and_exits_cleanly(tmp_path: Path) -> None:
+def test_sigterm_saves_a_checkpoint_mid_epoch_and_exits_143(tmp_path: Path) -> None:
     args = [*LONG_RUN, "data.train_size=960", "trainer.max_epochs=3"]  # 60 steps per epoch
     proc = start_training(args, tmp_path)
     try:
@@ -86,10 +89,68 @@ def test_sigterm_saves_a_checkpoint_mid_epoch_and_exits_cleanly(tmp_path: Path) 
         raise
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    assert "received SIGTERM: saved" in out
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]  # saved, but not finished
+    assert "received SIGTERM during train: saved" in out
     saved = torch.load(last, weights_only=True)
     assert saved["global_step"] > steps_after_epoch0  # this epoch's progress, not only the last epoch end
+
+
+class SigtermAt(L.Callback):
+    """Sends this process a real SIGTERM after batch ``batch`` of ``stage`` in epoch ``epoch``."""
+
+    def __init__(self, stage: str, epoch: int = 0, batch: int = 0) -> None:
+        self.stage, self.epoch, self.batch = stage, epoch, batch
+
+    def _maybe(self, trainer: L.Trainer, stage: str, batch_idx: int) -> None:
+        if (stage, trainer.current_epoch, batch_idx) == (self.stage, self.epoch, self.batch):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if not trainer.sanity_checking:
+            self._maybe(trainer, "validate", args[3] if len(args) > 3 else kwargs["batch_idx"])
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._maybe(trainer, "test", args[3] if len(args) > 3 else kwargs["batch_idx"])
+
+
+# 4 training steps and 4 validation batches per epoch, 4 test batches
+THREE_EPOCHS = [
+    *(arg for arg in LONG_RUN if not arg.startswith("trainer.max_epochs")),
+    "data.val_size=64",
+    "data.test_size=64",
+]
+SIGTERM_AT = "+callbacks.sigterm_at._target_=test_faults.SigtermAt"
+
+
+def test_sigterm_during_validation_saves_the_epoch_and_resumes(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at = ["+callbacks.sigterm_at.stage=validate", "+callbacks.sigterm_at.epoch=1"]
+    cfg = compose_train([*THREE_EPOCHS, "trainer.max_epochs=3", SIGTERM_AT, *at], run_dir)
+    with pytest.raises(SystemExit) as stopped:
+        train(cfg, run_dir)
+    assert stopped.value.code == 128 + signal.SIGTERM  # not 0: the run did not finish
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert f"received SIGTERM during validate: saved {last}" in capsys.readouterr().out
+    assert torch.load(last, weights_only=True)["global_step"] == 8  # epoch 1's training is kept
+    assert not (run_dir / "results.json").exists()
+    # a restart in the same run dir (auto_resume) finishes the run: 3 epochs, 12 steps, results written
+    resumed = train(compose_train([*THREE_EPOCHS, "trainer.max_epochs=3"], run_dir), run_dir)
+    assert torch.load(last, weights_only=True)["global_step"] == 12
+    assert resumed["epochs"] == 3 and (run_dir / "results.json").is_file()
+
+
+def test_sigterm_during_test_is_a_clear_message_and_a_failed_exit(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = compose_train(
+        [*THREE_EPOCHS, "trainer.max_epochs=1", SIGTERM_AT, "+callbacks.sigterm_at.stage=test"], run_dir
+    )
+    with pytest.raises(SystemExit) as stopped:
+        train(cfg, run_dir)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert "received SIGTERM during test: stopped, no results written; evaluate with" in capsys.readouterr().err
+    assert not (run_dir / "results.json").exists()
 
 
 def test_nan_loss_stops_with_a_clear_message_and_no_nan_checkpoint(tmp_path: Path) -> None:
@@ -257,3 +318,40 @@ def test_wandb_unreachable_training_goes_on_and_logs_locally(tmp_path: Path) -> 
     assert results["wandb_sync"].startswith("wandb sync ")
     records = next(tmp_path.glob("outputs/*/*/wandb/offline-run-*/run-*.wandb")).read_bytes()
     assert b"val/acc1" in records and b"test/acc1" in records  # kept locally for a later `wandb sync`
+
+
+def test_temporary_files_of_killed_writers_are_removed_on_the_next_write(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = [tmp_path / f".last.ckpt.tmp-{host}-{dead.pid}", tmp_path / f".epoch=3.ckpt.tmp-{dead.pid}"]
+    kept = [tmp_path / f".last.ckpt.tmp-{host}-{os.getppid()}", tmp_path / f".last.ckpt.tmp-other-node-{dead.pid}"]
+    for path in stale + kept:
+        path.write_bytes(b"half a checkpoint")
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.ckpt", *(p.name for p in kept)])
+
+
+def test_kill_9_mid_write_leaves_no_temporary_file_after_a_restart(tmp_path: Path) -> None:
+    proc = start_training(LONG_RUN, tmp_path)
+    try:
+        last = wait_for("outputs/*/*/checkpoints/last.ckpt", tmp_path, proc)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # freeze the writer while its temporary file exists, then kill it
+            if list(last.parent.glob(".*.tmp-*")):
+                proc.send_signal(signal.SIGSTOP)
+                if list(last.parent.glob(".*.tmp-*")):
+                    break
+                proc.send_signal(signal.SIGCONT)
+            time.sleep(0.001)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    run_dir = last.parent.parent
+    overrides = [line.strip()[2:] for line in (run_dir / ".hydra" / "overrides.yaml").read_text().splitlines()]
+    assert list(last.parent.glob(".*.tmp-*")), "no write was caught in progress within 2 minutes"
+    # a restart in the same run dir (auto_resume) writes its next checkpoint there and sweeps the leftovers
+    restart = [*(o for o in overrides if not o.startswith("trainer.max_epochs")), f"hydra.run.dir={run_dir}"]
+    epoch = torch.load(last, weights_only=True)["epoch"]
+    run_ok("mobilenet_pl.train", *restart, f"trainer.max_epochs={epoch + 2}", "test=false", cwd=tmp_path)
+    assert not list(last.parent.glob(".*.tmp-*"))
