@@ -144,7 +144,14 @@ def test_sigterm_during_test_is_a_clear_message_and_a_failed_exit(
     run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = compose_train(
-        [*THREE_EPOCHS, "trainer.max_epochs=1", SIGTERM_AT, "+callbacks.sigterm_at.stage=test"], run_dir
+        [
+            *THREE_EPOCHS,
+            "trainer.max_epochs=1",
+            SIGTERM_AT,
+            "+callbacks.sigterm_at.stage=test",
+            "+callbacks.sigterm_at.epoch=1",
+        ],
+        run_dir,
     )
     with pytest.raises(SystemExit) as stopped:
         train(cfg, run_dir)
