@@ -143,6 +143,8 @@ def test_corrupt_image_notices_are_logged_even_with_warnings_ignored(tmp_path: P
     assert "skipping corrupt image" in out and "train/class_1/img_3.jpg" in out and "test/class_0/img_2.jpg" in out
     results = json.loads(next(tmp_path.glob("outputs/*/*/results.json")).read_text())
     assert results["test_samples"] == 7
+    assert results["skipped_images"] == {"train": 1, "val": 0, "test": 1}
+    assert "unreadable   train 1, val 0, test 1" in proc.stdout  # the summary
 
 
 def test_corrupt_image_fatal_option_stops_before_training_naming_the_file(tmp_path: Path) -> None:
