@@ -339,6 +339,7 @@ def test_temporary_files_of_killed_writers_are_removed_on_the_next_write(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.ckpt", *(p.name for p in kept)])
 
 
+@pytest.mark.slow
 def test_kill_9_mid_write_leaves_no_temporary_file_after_a_restart(tmp_path: Path) -> None:
     proc = start_training(LONG_RUN, tmp_path)
     try:
