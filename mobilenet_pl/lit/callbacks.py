@@ -1,5 +1,5 @@
 """Callbacks of the training app: throughput, the W&B test report, and the reliability guards
-(per-epoch reseeding for exact resume, a checkpoint on SIGTERM, a stop on a non-finite loss)."""
+(per-batch reseeding for exact resume, a checkpoint on SIGTERM, a stop on a non-finite loss)."""
 
 from __future__ import annotations
 
@@ -22,36 +22,23 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; training stopped before saving those weights."""
 
 
-class EpochSeed(L.Callback):
-    """Reseed every RNG from (seed, epoch) right before each epoch's training batches are drawn.
+class ReseedEachBatch(L.Callback):
+    """Reseed every RNG from (seed, epoch, batch) right before each training batch's step.
 
-    With ``trainer.deterministic=true`` and ``data.num_workers=0``, a run resumed from an epoch's
-    ``last.ckpt`` then draws the same augmentations, shuffles and dropout masks as an uninterrupted
-    run, and ends with identical weights. The seed is set at the end of the previous epoch (and at
-    the start of fit and after the sanity check, for a resumed run) rather than in
-    ``on_train_epoch_start``, because a resumed Lightning loop creates the first batch's iterator
-    before that hook runs, an uninterrupted one after it.
+    Dropout, drop-path and Mixup/CutMix draws then depend on where in training a step is, not on what
+    ran before it in this process (sanity check, iterator set-up, a resume). Together with the data's
+    own per-sample seeding (``lit.data.SeededSamples``) and ``trainer.deterministic=true``, a run resumed
+    from ``last.ckpt`` ends with the same weights as an uninterrupted one.
     """
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
-        self._start_epoch = 0
 
-    def _reseed(self, epoch: int) -> None:
-        L.seed_everything(self.seed + 1_000_003 * epoch, workers=True, verbose=False)
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # the loops restore their epoch only later; last.ckpt is written at an epoch's end
-        self._start_epoch = int(checkpoint.get("epoch", -1)) + 1
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reseed(self._start_epoch)
-
-    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reseed(self._start_epoch)  # the sanity check's validation iterator drew from the RNG
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reseed(trainer.current_epoch + 1)
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step_seed = hash((self.seed, trainer.current_epoch, batch_idx)) % 2**32
+        L.seed_everything(step_seed, workers=True, verbose=False)
 
 
 class CheckpointOnSigterm(L.Callback):

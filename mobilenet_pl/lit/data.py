@@ -14,11 +14,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import random
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
@@ -58,6 +61,58 @@ class EvalShard(Dataset[tuple[Tensor, int]]):
         return image, IGNORE_INDEX
 
 
+class EpochSampler(DistributedSampler[Any]):
+    """``DistributedSampler`` (order a function of seed and epoch) that yields ``(epoch, index)`` keys for
+    ``SeededSamples`` and can start ``skip`` samples into its first epoch (a resumed mid-epoch checkpoint)."""
+
+    def __init__(self, dataset: Dataset[Any], *, epoch: int = 0, skip: int = 0, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.epoch, self.skip = epoch, skip
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip = 0  # the position applies to the epoch the checkpoint was written in
+        super().set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch, indices = self.epoch, list(super().__iter__())
+        return iter([(epoch, index) for index in indices[self.skip :]])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+class SeededSamples(Dataset[Any]):
+    """Training samples whose random augmentation is a function of (seed, epoch, index) alone.
+
+    Each sample reseeds torch, NumPy and ``random`` (restoring them afterwards), so what a sample looks
+    like does not depend on which DataLoader worker draws it, on that worker's history (persistent
+    workers) or on where a run was resumed: resumed and uninterrupted runs see identical batches.
+    """
+
+    def __init__(self, dataset: Dataset[Any], seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if isinstance(key, int):  # an ordered pass (split_dataloader): no reseeding
+            return self.dataset[key]
+        epoch, index = key
+        sample_seed = hash((self.seed, epoch, index)) % 2**32
+        state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            np.random.seed(sample_seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(state[0])
+                np.random.set_state(state[1])
+
+
 class ImageDataModule(L.LightningDataModule):
     """Loaders shared by every data set; subclasses fill ``train_set``, ``val_set`` and ``test_set``."""
 
@@ -85,6 +140,24 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set: Dataset[Any] | None = None
         self.test_set: Dataset[Any] | None = None
         self.class_names: list[str] = []
+        self.resume_at = {"epoch": 0, "samples": 0}  # where the training sampler starts (load_state_dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training sampler's position, saved in every checkpoint so that a resumed run draws the same
+        batches as an uninterrupted one: the epoch, and the samples this rank has drawn in it so far."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        loop = trainer.fit_loop
+        progress = loop.epoch_loop.batch_progress
+        # an epoch's end: Lightning resumes with the next epoch (``processed`` counts this one); mid-epoch
+        # (SIGTERM): the same epoch, after the batches done
+        batches = 0 if progress.is_last_batch else progress.current.completed
+        epoch = loop.epoch_progress.current.processed  # type: ignore[attr-defined]
+        return {"epoch": int(epoch), "samples": int(batches * self.batch_size)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.resume_at = {"epoch": int(state_dict.get("epoch", 0)), "samples": int(state_dict.get("samples", 0))}
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -96,10 +169,20 @@ class ImageDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         sampler: DistributedSampler[Any] | None = None
         if train:
-            # the shuffle order is a function of (seed, epoch) alone, also in one process: exact resume
-            sampler = DistributedSampler(
-                dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+            # the shuffle order is a function of (seed, epoch), each augmentation of (seed, epoch, index): exact
+            # resume. The sampler starts at the checkpoint's position: Lightning builds a resumed run's first
+            # iterator before it sets the sampler's epoch.
+            sampler = EpochSampler(
+                dataset,
+                epoch=self.resume_at["epoch"],
+                skip=self.resume_at["samples"],
+                num_replicas=world,
+                rank=rank,
+                shuffle=True,
+                seed=self.seed,
+                drop_last=True,
             )
+            dataset = SeededSamples(dataset, self.seed)
         elif world > 1:
             dataset = EvalShard(dataset, rank, world)
         return DataLoader(
