@@ -23,7 +23,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class ReseedEachBatch(L.Callback):
-    """Reseed every RNG from (seed, epoch, batch) right before each training batch's step.
+    """Reseed every RNG from (seed, epoch, batch, rank) right before each training batch's step.
 
     Dropout, drop-path and Mixup/CutMix draws then depend on where in training a step is, not on what
     ran before it in this process (sanity check, iterator set-up, a resume). Together with the data's
@@ -37,7 +37,8 @@ class ReseedEachBatch(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        step_seed = hash((self.seed, trainer.current_epoch, batch_idx)) % 2**32
+        # the rank too: DDP ranks draw different dropout masks, as independent processes would
+        step_seed = hash((self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)) % 2**32
         L.seed_everything(step_seed, workers=True, verbose=False)
 
 
