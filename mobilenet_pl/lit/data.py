@@ -76,10 +76,8 @@ class EpochSampler(DistributedSampler[Any]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         epoch, indices = self.epoch, list(super().__iter__())
+        # the length stays the epoch's: Lightning counts a resumed epoch's batches from the checkpoint's
         return iter([(epoch, index) for index in indices[self.skip :]])
-
-    def __len__(self) -> int:
-        return super().__len__() - self.skip
 
 
 class SeededSamples(Dataset[Any]):
