@@ -64,6 +64,9 @@ def format_summary(results: dict[str, Any]) -> str:
         f"checkpoint   {results['checkpoint']}",
         f"run dir      {results['run_dir']}",
     ]
+    skipped = results.get("skipped_images") or {}
+    if any(skipped.values()):
+        lines.append("unreadable   " + ", ".join(f"{split} {n}" for split, n in skipped.items()) + " (logged above)")
     if results.get("wandb_sync"):
         lines.append(f"W&B offline  sync later with: {results['wandb_sync']}")
     return "\n".join(lines)

@@ -144,6 +144,7 @@ def collect_results(
         "madds": madds,
         "metrics": metrics,
         "test_samples": int(metrics.pop("test/samples", 0)),
+        "skipped_images": trainer.datamodule.skipped_images(),  # type: ignore[attr-defined]  # every rank: DDP sum
         "checkpoint": (getattr(ckpt, "best_model_path", "") or None) if ckpt else None,
         "last_checkpoint": str(last) if last and last.is_file() else None,
         "epochs": trainer.current_epoch,

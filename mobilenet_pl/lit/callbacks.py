@@ -1,15 +1,19 @@
 """Callbacks of the training app: throughput, the W&B test report, and the reliability guards
-(per-epoch reseeding for exact resume, a checkpoint on SIGTERM, a stop on a non-finite loss)."""
+(per-batch reseeding for exact resume, a checkpoint on SIGTERM, a stop on a non-finite loss)."""
 
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -18,58 +22,78 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; training stopped before saving those weights."""
 
 
-class EpochSeed(L.Callback):
-    """Reseed every RNG from (seed, epoch) right before each epoch's training batches are drawn.
+class ReseedEachBatch(L.Callback):
+    """Reseed every RNG from (seed, epoch, batch, rank) right before each training batch's step.
 
-    With ``trainer.deterministic=true`` and ``data.num_workers=0``, a run resumed from an epoch's
-    ``last.ckpt`` then draws the same augmentations, shuffles and dropout masks as an uninterrupted
-    run, and ends with identical weights. The seed is set at the end of the previous epoch (and at
-    the start of fit and after the sanity check, for a resumed run) rather than in
-    ``on_train_epoch_start``, because a resumed Lightning loop creates the first batch's iterator
-    before that hook runs, an uninterrupted one after it.
+    Dropout, drop-path and Mixup/CutMix draws then depend on where in training a step is, not on what
+    ran before it in this process (sanity check, iterator set-up, a resume). Together with the data's
+    own per-sample seeding (``lit.data.SeededSamples``) and ``trainer.deterministic=true``, a run resumed
+    from ``last.ckpt`` ends with the same weights as an uninterrupted one.
     """
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
-        self._start_epoch = 0
 
-    def _reseed(self, epoch: int) -> None:
-        L.seed_everything(self.seed + 1_000_003 * epoch, workers=True, verbose=False)
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # the loops restore their epoch only later; last.ckpt is written at an epoch's end
-        self._start_epoch = int(checkpoint.get("epoch", -1)) + 1
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reseed(self._start_epoch)
-
-    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reseed(self._start_epoch)  # the sanity check's validation iterator drew from the RNG
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reseed(trainer.current_epoch + 1)
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # the rank too: DDP ranks draw different dropout masks, as independent processes would
+        step_seed = hash((self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)) % 2**32
+        L.seed_everything(step_seed, workers=True, verbose=False)
 
 
 class CheckpointOnSigterm(L.Callback):
-    """On SIGTERM (scheduler kill, preemption warning) save ``last.ckpt`` after the current batch.
+    """On SIGTERM (scheduler kill, preemption warning) save ``last.ckpt`` and say so, at any moment of fit.
 
-    Lightning then stops training and the process exits cleanly; ``ckpt_path=.../last.ckpt``
-    (or ``auto_resume`` in the same run dir) continues from that batch's epoch.
+    During training the checkpoint is saved after the current batch; during validation (Lightning stops
+    it after the current batch) it holds the whole training epoch; ``ckpt_path=.../last.ckpt`` (or
+    ``auto_resume`` in the same run dir) continues from there. SIGTERM during testing stops the test with
+    a message naming the checkpoint to evaluate, and no results.json (a partial test would mislead).
+    The process then exits with status 143 (128 + SIGTERM, as a shell reports a SIGTERM kill): the run
+    did not finish.
     """
+
+    def __init__(self) -> None:
+        self._saved_step: int | None = None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not trainer.received_sigterm:
+        if trainer.received_sigterm:
+            self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
             return
+        exception.code = 128 + signal.SIGTERM  # SystemExit's status; Lightning's is None (0: "finished")
+        if trainer.state.fn == TrainerFn.FITTING:
+            if self._saved_step != trainer.global_step:  # interrupted outside a training batch: validation
+                self._save(trainer)
+        elif trainer.is_global_zero:
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "") or "<checkpoint>"
+            print(
+                f"received SIGTERM during {_stage(trainer)}: stopped, no results written; "
+                f"evaluate with python -m mobilenet_pl.eval ckpt_path={best} split=test",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _save(self, trainer: L.Trainer) -> None:
         dirpath = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
         path = Path(dirpath) / "last.ckpt"
         trainer.save_checkpoint(path)
+        self._saved_step = trainer.global_step
         if trainer.is_global_zero:
             print(
-                f"received SIGTERM: saved {path} (epoch {trainer.current_epoch}, step {trainer.global_step}); resume with ckpt_path={path}",
+                f"received SIGTERM during {_stage(trainer)}: saved {path} (epoch {trainer.current_epoch}, "
+                f"step {trainer.global_step}); resume with ckpt_path={path}",
                 flush=True,
             )
+
+
+def _stage(trainer: L.Trainer) -> str:
+    stage = trainer.state.stage
+    return stage.value if stage is not None else "setup"
 
 
 class StopOnNonFiniteLoss(L.Callback):

@@ -11,16 +11,29 @@ distributed accuracy equals single-process accuracy (Lightning's default pads wi
 
 from __future__ import annotations
 
-import warnings
+import logging
+import multiprocessing
+import os
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, random_split
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2 as T
+
+from mobilenet_pl.lit.images import UnreadableImage, display_name, load_rgb
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IGNORE_INDEX = -100  # label of padding samples; F.cross_entropy's default ignore_index
@@ -28,7 +41,8 @@ IGNORE_INDEX = -100  # label of padding samples; F.cross_entropy's default ignor
 
 class EvalShard(Dataset[tuple[Tensor, int]]):
     """Rank ``rank`` of ``world`` sees samples rank, rank + world, ...; every rank gets the same length
-    (so collective ops stay in step), and the top-up samples carry ``IGNORE_INDEX``."""
+    (so collective ops stay in step), and the top-up samples carry ``IGNORE_INDEX``. Labels are ``int``
+    (every data set here yields ``int`` labels; a tensor label would not collate with a top-up's)."""
 
     def __init__(self, dataset: Dataset[Any], rank: int, world: int) -> None:
         self.dataset = dataset
@@ -41,9 +55,60 @@ class EvalShard(Dataset[tuple[Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         if index < len(self.indices):
-            return self.dataset[self.indices[index]]  # type: ignore[no-any-return]
+            image, label = self.dataset[self.indices[index]]
+            return image, int(label)  # one label type in a batch, whatever the data set yields
         image, _ = self.dataset[self.indices[0] if self.indices else 0]
         return image, IGNORE_INDEX
+
+
+class EpochSampler(DistributedSampler[Any]):
+    """``DistributedSampler`` (order a function of seed and epoch) that yields ``(epoch, index)`` keys for
+    ``SeededSamples`` and can start ``skip`` samples into its first epoch (a resumed mid-epoch checkpoint)."""
+
+    def __init__(self, dataset: Dataset[Any], *, epoch: int = 0, skip: int = 0, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.epoch, self.skip = epoch, skip
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip = 0  # the position applies to the epoch the checkpoint was written in
+        super().set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch, indices = self.epoch, list(super().__iter__())
+        # the length stays the epoch's: Lightning counts a resumed epoch's batches from the checkpoint's
+        return iter([(epoch, index) for index in indices[self.skip :]])
+
+
+class SeededSamples(Dataset[Any]):
+    """Training samples whose random augmentation is a function of (seed, epoch, index) alone.
+
+    Each sample reseeds torch, NumPy and ``random`` (restoring them afterwards), so what a sample looks
+    like does not depend on which DataLoader worker draws it, on that worker's history (persistent
+    workers) or on where a run was resumed: resumed and uninterrupted runs see identical batches.
+    """
+
+    def __init__(self, dataset: Dataset[Any], seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if isinstance(key, int):  # an ordered pass (split_dataloader): no reseeding
+            return self.dataset[key]
+        epoch, index = key
+        sample_seed = hash((self.seed, epoch, index)) % 2**32
+        state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            np.random.seed(sample_seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(state[0])
+                np.random.set_state(state[1])
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -73,6 +138,24 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set: Dataset[Any] | None = None
         self.test_set: Dataset[Any] | None = None
         self.class_names: list[str] = []
+        self.resume_at = {"epoch": 0, "samples": 0}  # where the training sampler starts (load_state_dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training sampler's position, saved in every checkpoint so that a resumed run draws the same
+        batches as an uninterrupted one: the epoch, and the samples this rank has drawn in it so far."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        loop = trainer.fit_loop
+        progress = loop.epoch_loop.batch_progress
+        # an epoch's end: Lightning resumes with the next epoch (``processed`` counts this one); mid-epoch
+        # (SIGTERM): the same epoch, after the batches done
+        batches = 0 if progress.is_last_batch else progress.current.completed
+        epoch = loop.epoch_progress.current.processed  # type: ignore[attr-defined]
+        return {"epoch": int(epoch), "samples": int(batches * self.batch_size)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.resume_at = {"epoch": int(state_dict.get("epoch", 0)), "samples": int(state_dict.get("samples", 0))}
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -84,10 +167,20 @@ class ImageDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world()
         sampler: DistributedSampler[Any] | None = None
         if train:
-            # the shuffle order is a function of (seed, epoch) alone, also in one process: exact resume
-            sampler = DistributedSampler(
-                dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+            # the shuffle order is a function of (seed, epoch), each augmentation of (seed, epoch, index): exact
+            # resume. The sampler starts at the checkpoint's position: Lightning builds a resumed run's first
+            # iterator before it sets the sampler's epoch.
+            sampler = EpochSampler(
+                dataset,
+                epoch=self.resume_at["epoch"],
+                skip=self.resume_at["samples"],
+                num_replicas=world,
+                rank=rank,
+                shuffle=True,
+                seed=self.seed,
+                drop_last=True,
             )
+            dataset = SeededSamples(dataset, self.seed)
         elif world > 1:
             dataset = EvalShard(dataset, rank, world)
         return DataLoader(
@@ -109,6 +202,10 @@ class ImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader[Any]:
         return self._loader(self.test_set, train=False)
 
+    def skipped_images(self) -> dict[str, int]:
+        """Unreadable images per split (only image folders can have any)."""
+        return {"train": 0, "val": 0, "test": 0}
+
     def split_dataloader(self, split: str) -> DataLoader[Any]:
         """The loader of ``split`` in a fixed order (for ``train``: no shuffling, augmentation kept)."""
         if split not in ("train", "val", "test"):
@@ -116,22 +213,44 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(getattr(self, f"{split}_set"), train=False)
 
 
-def seeded_split(n: int, fractions: tuple[float, float], seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Indices of a reproducible train / val / test split with the given val and test fractions."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val, n_test = round(n * fractions[0]), round(n * fractions[1])
-    return perm[n_val + n_test :], perm[:n_val], perm[n_val : n_val + n_test]
+def split_sizes(n: int, fractions: dict[str, float]) -> list[int]:
+    """Sizes of the ``fractions`` splits of ``n`` samples (in that order), the rest last; each named
+    fraction must be in (0, 1), leave at least one sample in its split, and all must sum below 1."""
+    for key, value in fractions.items():
+        if not 0 < value < 1:
+            raise ValueError(f"{key}={value} is not allowed: must be a fraction in (0, 1)")
+        if round(n * value) < 1:
+            raise ValueError(f"{key}={value} is not allowed: leaves no image of {n} in that split")
+    sizes = [round(n * value) for value in fractions.values()]
+    if sum(sizes) >= n:
+        raise ValueError(
+            f"{' + '.join(fractions)} = {sum(fractions.values()):g} is not allowed: leaves no training images"
+        )
+    return [*sizes, n - sum(sizes)]
 
 
-class _Augmented(Dataset[tuple[Tensor, int]]):
-    def __init__(self, images: Tensor, labels: Tensor, transform: Any) -> None:
+def seeded_split(n: int, fractions: dict[str, float], seed: int) -> list[list[int]]:
+    """Indices of a reproducible split of ``range(n)``: one list per fraction, then the rest (training)."""
+    parts: list[Subset[int]] = random_split(
+        range(n),  # type: ignore[arg-type]
+        split_sizes(n, fractions),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return [list(part.indices) for part in parts]
+
+
+class LabelledTensors(Dataset[tuple[Tensor, int]]):
+    """Images and labels held as tensors; ``int`` labels like torchvision's data sets; optional transform."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Any = None) -> None:
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.transform(self.images[index]), int(self.labels[index])
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
 
 
 class DigitsDataModule(ImageDataModule):
@@ -146,12 +265,15 @@ class DigitsDataModule(ImageDataModule):
     in_chans = 1
     default_resolution = 32
     small_input = True
+    size = 1797
 
     def __init__(
         self, *, val_fraction: float = 0.2, test_fraction: float = 0.2, augment: bool = True, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.val_fraction, self.test_fraction, self.augment = val_fraction, test_fraction, augment
+        self.fractions = {"data.val_fraction": val_fraction, "data.test_fraction": test_fraction}
+        split_sizes(self.size, self.fractions)  # a bad fraction fails here, before any work
+        self.augment = augment
         self.class_names = [str(i) for i in range(10)]
 
     def setup(self, stage: str | None = None) -> None:
@@ -164,11 +286,11 @@ class DigitsDataModule(ImageDataModule):
         images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
         images = (images - images.mean()) / images.std()
         labels = torch.tensor(digits.target)
-        train, val, test = seeded_split(len(labels), (self.val_fraction, self.test_fraction), self.seed)
-        augment = T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)) if self.augment else T.Identity()
-        self.train_set = _Augmented(images[train], labels[train], augment)
-        self.val_set = TensorDataset(images[val], labels[val])
-        self.test_set = TensorDataset(images[test], labels[test])
+        val, test, train = seeded_split(len(labels), self.fractions, self.seed)
+        augment = T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)) if self.augment else None
+        self.train_set = LabelledTensors(images[train], labels[train], augment)
+        self.val_set = LabelledTensors(images[val], labels[val])
+        self.test_set = LabelledTensors(images[test], labels[test])
 
 
 def pil_transforms(resolution: int, train: bool, randaugment: str | None = None) -> T.Compose:
@@ -186,49 +308,132 @@ def pil_transforms(resolution: int, train: bool, randaugment: str | None = None)
     )
 
 
-def tolerant_image_folder(root: str, transform: Any, on_corrupt: str = "skip") -> Any:
-    """A torchvision ImageFolder that names unreadable images and skips them (or fails, ``on_corrupt="error"``).
+def _is_rank_zero() -> bool:
+    return getattr(rank_zero_only, "rank", 0) == 0  # set from the launcher's env: log each notice once
 
-    A skipped file is replaced by the next readable one, with a warning that counts the skips of this
-    process (each DataLoader worker counts its own). Errors propagate out of workers: nothing hangs.
+
+def _read_error(path: str) -> UnreadableImage | None:
+    try:
+        load_rgb(path, max_side=64)
+    except UnreadableImage as err:
+        return err
+    return None
+
+
+class CorruptImageError(ValueError):
+    """An unreadable image with ``data.on_corrupt=error``, or an evaluation image that broke after its check."""
+
+
+class ImageFolderSplit(ImageFolder):
+    """One split of an image folder, read with ``images.load_rgb`` (16-bit and float images scaled to 8 bits).
+
+    Unreadable files (corrupt, truncated, decompression bombs) are logged by name and, with
+    ``on_corrupt="skip"``:
+
+    - in evaluation splits (``check=True``) every file is decoded once here and the unreadable ones are
+      left out, so accuracy and "N images" count exactly the images that were read (``self.skipped``);
+    - in the training split a failed read is replaced by the next readable image, counted in
+      ``self.replaced`` over all DataLoader workers of this process.
+
+    With ``on_corrupt="error"`` the first unreadable file stops the run, naming it. Class folders with
+    names that are not valid UTF-8 keep their real path for reading; ``classes`` holds printable names.
+    Directory symlinks are followed once each: a link back to a parent folder (a loop) adds nothing.
     """
-    from torchvision.datasets import ImageFolder
 
-    class TolerantImageFolder(ImageFolder):
-        skipped = 0
+    samples: list[tuple[str, int]]
 
-        def __getitem__(self, index: int) -> Any:
-            for offset in range(len(self.samples)):
-                i = (index + offset) % len(self.samples)
-                try:
-                    return super().__getitem__(i)
-                except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated, broken
-                    path = self.samples[i][0]
-                    if on_corrupt == "error":
-                        raise RuntimeError(
-                            f"corrupt or unreadable image {path} ({err}); data.on_corrupt=skip skips such files"
-                        ) from err
-                    TolerantImageFolder.skipped += 1
-                    warnings.warn(
-                        f"skipping corrupt image {path} ({err.__class__.__name__}); {TolerantImageFolder.skipped} skipped so far in this process",
-                        stacklevel=2,
-                    )
-            raise RuntimeError(f"no readable image at all in {root}")
+    def __init__(self, root: str | Path, transform: Any, on_corrupt: str = "skip", check: bool = False) -> None:
+        if on_corrupt not in ("skip", "error"):
+            raise ValueError(f"data.on_corrupt={on_corrupt!r} is not allowed: must be 'skip' or 'error'")
+        super().__init__(str(root), transform=transform, loader=load_rgb)
+        self.on_corrupt, self.checked = on_corrupt, check
+        self.replaced = multiprocessing.Value("l", 0)  # shared with forked/spawned workers
+        self.skipped: list[str] = self._check_all() if check else []
 
-    if on_corrupt not in ("skip", "error"):
-        raise ValueError(f"data.on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
-    return TolerantImageFolder(root, transform)
+    @staticmethod
+    def make_dataset(  # type: ignore[override]
+        directory: str | Path,
+        class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = IMG_EXTENSIONS,
+        is_valid_file: Any = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
+        # torchvision walks with followlinks=True and no memory: a symlink loop repeats a class ~40 times
+        samples: list[tuple[str, int]] = []
+        for name, index in sorted(class_to_idx.items(), key=lambda item: item[1]):
+            top = os.path.join(directory, name)
+            seen_dirs, seen_files = {os.path.realpath(top)}, set()
+            for folder, dirs, files in os.walk(top, followlinks=True):
+                keep = []
+                for sub in sorted(dirs):
+                    real = os.path.realpath(os.path.join(folder, sub))
+                    if real not in seen_dirs:
+                        seen_dirs.add(real)
+                        keep.append(sub)
+                dirs[:] = keep
+                for file in sorted(files):
+                    path = os.path.join(folder, file)
+                    real = os.path.realpath(path)
+                    if has_file_allowed_extension(path, extensions or IMG_EXTENSIONS) and real not in seen_files:
+                        seen_files.add(real)
+                        samples.append((path, index))
+        if not samples and not allow_empty:
+            raise FileNotFoundError(f"no image files in {display_name(str(directory))}")
+        return samples
+
+    def _check_all(self) -> list[str]:
+        """Decode every file once (JPEGs at a reduced size, in threads); drop and return the unreadable ones."""
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            errors = list(pool.map(_read_error, (path for path, _ in self.samples)))
+        bad = [(path, err) for (path, _), err in zip(self.samples, errors, strict=True) if err is not None]
+        for path, err in bad:
+            self._report(path, err)
+        if bad:
+            self.samples = [sample for sample, err in zip(self.samples, errors, strict=True) if err is None]
+            self.targets = [target for _, target in self.samples]
+            self.imgs = self.samples
+            if _is_rank_zero():
+                log.warning("left %d unreadable image(s) of %s out of evaluation", len(bad), display_name(self.root))
+        return [display_name(path) for path, _ in bad]
+
+    def _report(self, path: str, err: Exception) -> None:
+        if self.on_corrupt == "error":
+            raise CorruptImageError(
+                f"corrupt or unreadable image {display_name(path)} ({err}); data.on_corrupt=skip skips such files"
+            ) from err
+        if _is_rank_zero():
+            log.warning("skipping corrupt image %s (%s)", display_name(path), err)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        if not -len(self.samples) <= index < len(self.samples):
+            raise IndexError(f"index {index} out of range for {len(self.samples)} images")
+        for offset in range(len(self.samples)):
+            i = (index + offset) % len(self.samples)
+            try:
+                return super().__getitem__(i)  # type: ignore[no-any-return]
+            except UnreadableImage as err:
+                path = self.samples[i][0]
+                if self.checked:  # a replacement would count an image twice: evaluation would not be exact
+                    raise CorruptImageError(
+                        f"image {display_name(path)} became unreadable during the run ({err})"
+                    ) from err
+                self._report(path, err)
+                with self.replaced.get_lock():
+                    self.replaced.value += 1
+        raise CorruptImageError(f"no readable image at all in {display_name(self.root)}")
 
 
 class ImageFolderDataModule(ImageDataModule):
     """ImageNet layout: ``root/train/<class>/*`` and ``root/val/<class>/*`` (``root/test`` if present,
-    else the val folder is also the test set). Unreadable images are skipped with a warning, or stop
-    the run with ``on_corrupt="error"``."""
+    else the val folder is also the test set). Unreadable images are logged and skipped (left out of
+    val/test, replaced in training; see ``ImageFolderSplit``), or stop the run with ``on_corrupt="error"``."""
 
     def __init__(
         self, *, root: str | None = None, randaugment: str | None = None, on_corrupt: str = "skip", **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        if on_corrupt not in ("skip", "error"):
+            raise ValueError(f"data.on_corrupt={on_corrupt!r} is not allowed: must be 'skip' or 'error'")
         self.root = Path(root).expanduser() if root else None
         self.randaugment = randaugment
         self.on_corrupt = on_corrupt
@@ -245,7 +450,10 @@ class ImageFolderDataModule(ImageDataModule):
                 raise ValueError(
                     f"data.root={str(self.root)!r} has no class folders in {split}/ (expected {split}/<class>/*.jpg)"
                 )
-        self.class_names = sorted(p.name for p in (self.root / "train").iterdir() if p.is_dir())
+        self.folder_names = sorted(p.name for p in (self.root / "train").iterdir() if p.is_dir())
+        self.class_names = [display_name(name) for name in self.folder_names]
+        if len(set(self.class_names)) < len(self.class_names):
+            raise ValueError(f"data.root={str(self.root)!r}: two class folders print the same: {self.class_names}")
         self.num_classes = len(self.class_names)
 
     def setup(self, stage: str | None = None) -> None:
@@ -256,22 +464,39 @@ class ImageFolderDataModule(ImageDataModule):
             pil_transforms(self.resolution, True, self.randaugment),
             pil_transforms(self.resolution, False),
         )
-        self.train_set = tolerant_image_folder(str(self.root / "train"), train_tf, self.on_corrupt)
-        test_dir = self.root / "test" if (self.root / "test").is_dir() else self.root / "val"
-        val_set = tolerant_image_folder(str(self.root / "val"), eval_tf, self.on_corrupt)
-        test_set = tolerant_image_folder(str(test_dir), eval_tf, self.on_corrupt)
-        self.val_set, self.test_set = self._align(val_set, "val"), self._align(test_set, "test")
+        self.train_set = ImageFolderSplit(self.root / "train", train_tf, self.on_corrupt)
+        val_set = self._align(ImageFolderSplit(self.root / "val", eval_tf, self.on_corrupt, check=True), "val")
+        self.val_set = val_set
+        if (self.root / "test").is_dir():
+            self.test_set = self._align(
+                ImageFolderSplit(self.root / "test", eval_tf, self.on_corrupt, check=True), "test"
+            )
+        else:
+            self.test_set = val_set
 
-    def _align(self, dataset: Any, split: str) -> Any:
+    def _align(self, dataset: ImageFolderSplit, split: str) -> ImageFolderSplit:
         """Give ``split`` the training set's class indices (its own folder list may be a subset)."""
-        unknown = sorted(set(dataset.classes) - set(self.class_names))
+        unknown = sorted(display_name(name) for name in set(dataset.classes) - set(self.folder_names))
         if unknown:
             raise ValueError(f"data.root={str(self.root)!r}: {split}/ has classes absent from train/: {unknown[:5]}")
-        index = {name: i for i, name in enumerate(self.class_names)}
+        index = {name: i for i, name in enumerate(self.folder_names)}
         dataset.samples = [(path, index[dataset.classes[target]]) for path, target in dataset.samples]
         dataset.targets = [target for _, target in dataset.samples]
-        dataset.classes, dataset.class_to_idx = list(self.class_names), index
+        dataset.imgs = dataset.samples
+        dataset.classes = list(self.class_names)
+        dataset.class_to_idx = {name: i for i, name in enumerate(self.class_names)}
         return dataset
+
+    def skipped_images(self) -> dict[str, int]:
+        """Unreadable images: left out of val and test (each file once), replaced in training (each read, summed
+        over this process's workers and, under DDP, over all ranks; every rank must call this then)."""
+        train = torch.tensor(0)
+        if isinstance(self.train_set, ImageFolderSplit):
+            train += int(self.train_set.replaced.value)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(train)
+        val, test = (getattr(split, "skipped", []) for split in (self.val_set, self.test_set))
+        return {"train": int(train), "val": len(val), "test": len(test)}
 
 
 class CIFARDataModule(ImageDataModule):
@@ -324,8 +549,8 @@ class CIFARDataModule(ImageDataModule):
         full_train = self._dataset(True, T.Compose(ops_train + tail))
         full_eval = self._dataset(True, T.Compose(tail))
         self.class_names = list(full_train.classes)
-        train, val, _ = seeded_split(len(full_train), (0.1, 0.0), self.seed)
-        self.train_set, self.val_set = Subset(full_train, train.tolist()), Subset(full_eval, val.tolist())
+        val, train = seeded_split(len(full_train), {"CIFAR validation": 0.1}, self.seed)
+        self.train_set, self.val_set = Subset(full_train, train), Subset(full_eval, val)
         self.test_set = self._dataset(False, T.Compose(tail))
 
 

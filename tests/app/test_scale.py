@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torchvision.datasets.cifar as tv_cifar
 import yaml
-from helpers import run_ok
+from helpers import make_image_folder, run_ok
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.utils.data import TensorDataset
 
 from mobilenet_pl.eval import evaluate, load_checkpoint
@@ -68,6 +74,89 @@ def test_ddp_two_processes_equals_single_process_evaluation(tmp_path: Path) -> N
     assert results["metrics"]["test/acc1"] == pytest.approx(single["acc1"], abs=1e-7)
     assert results["metrics"]["test/acc5"] == pytest.approx(single["acc5"], abs=1e-7)
     assert results["metrics"]["test/loss"] == pytest.approx(single["loss"], rel=1e-4)
+
+
+CIFAR_PATCH = """
+import sys
+import torchvision.datasets.cifar as cifar
+# a generated CIFAR-10 folder: same files and layout as torchvision's, other checksums
+cifar.CIFAR10._check_integrity = lambda self: True
+cifar.check_integrity = lambda *args, **kwargs: True
+from mobilenet_pl.train import main
+main()
+"""
+
+
+def make_cifar10_folder(root: Path, train_per_batch: int = 10, test: int = 13) -> Path:
+    """torchvision's extracted CIFAR-10 layout (cifar-10-batches-py/) with a few random images."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+
+    def batch(name: str, n: int) -> None:
+        data = torch.randint(0, 256, (n, 3072), generator=gen, dtype=torch.uint8).numpy()
+        labels = torch.randint(0, 10, (n,), generator=gen).tolist()
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels}))
+
+    for i in range(1, 6):
+        batch(f"data_batch_{i}", train_per_batch)
+    batch("test_batch", test)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    return root
+
+
+def data_option(name: str, tmp_path: Path) -> list[str]:
+    """Overrides that select data option ``name`` with small, uneven val/test sets (partial batches)."""
+    if name == "digits":
+        return ["data=digits", "data.batch_size=32"]  # 359 val, 359 test images
+    if name == "fake":
+        return ["data=fake", "data.val_size=37", "data.test_size=45", "data.batch_size=8"]
+    if name == "imagefolder":
+        root = make_image_folder(tmp_path / "images", classes=3, per_class=5, splits=("train", "val", "test"))
+        (root / "test" / "class_2" / "img_4.jpg").write_bytes(b"not a jpeg")  # left out on every rank
+        return ["data=imagefolder", f"data.root={root}", "data.num_workers=0", "data.batch_size=4"]
+    root = make_cifar10_folder(tmp_path / "cifar")
+    return ["data=cifar10", f"data.root={root}", "data.download=false", "data.num_workers=0", "data.batch_size=4"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("data", ["digits", "fake", "imagefolder", "cifar10"])
+def test_ddp_evaluation_equals_single_process_on_every_data_set(
+    data: str, world: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={world}", "trainer.precision=32-true"]
+    args = [*TINY[1:], *ddp, "width=0.25", "resolution=32", *data_option(data, tmp_path)]
+    if data == "cifar10":
+        script = tmp_path / "train_on_generated_cifar.py"
+        script.write_text(CIFAR_PATCH)
+        proc = subprocess.run(
+            [sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
+        monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    else:
+        run_ok("mobilenet_pl.train", *args, cwd=tmp_path, timeout=600)
+    (results_path,) = tmp_path.glob("outputs/*/*/results.json")
+    results = json.loads(results_path.read_text())
+
+    # the same data, built from the run's own config, evaluated in this one process
+    cfg = OmegaConf.load(results_path.parent / ".hydra" / "config.yaml")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    module = load_checkpoint(results["checkpoint"])
+    for split in ("val", "test"):
+        single = evaluate(module, getattr(datamodule, f"{split}_dataloader")())
+        assert single["samples"] == len(getattr(datamodule, f"{split}_set"))
+        samples = results["test_samples"] if split == "test" else results["metrics"]["val/samples"]
+        assert samples == single["samples"], split
+        if split == "test":  # val/acc1 in results is the best epoch's; with one epoch it is this one
+            assert results["metrics"]["test/acc5"] == pytest.approx(single["acc5"], abs=1e-7)
+            assert results["metrics"]["test/loss"] == pytest.approx(single["loss"], rel=1e-4)
+        assert results["metrics"][f"{split}/acc1"] == pytest.approx(single["acc1"], abs=1e-7), split
+    if data == "imagefolder":
+        assert results["test_samples"] == 14  # 15 images, one unreadable
 
 
 def test_sweep_writes_summary_and_tradeoff_plot(tmp_path: Path) -> None:
