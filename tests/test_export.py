@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -250,3 +251,20 @@ def test_int8_quantization_agrees_with_fp32(tmp_path: Path) -> None:
     assert (p32 == p8).mean() >= 0.75  # 0.86 measured on AVX2 (weak model: many near-ties)
     acc32, n = onnx_accuracy(fp32, datamodule.test_dataloader())
     assert n == len(datamodule.test_set) and acc32 > 0.5  # it did learn something
+
+
+def test_quantize_cli_reports_measured_ratios_without_verdicts(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mobilenet_pl.quantize import main as quantize_main
+
+    out = tmp_path / "tiny.int8.onnx"
+    args = ["data=fake", "data.num_classes=4", "calib_batches=1", "batch_size=8", "calls=2", "repeats=1"]
+    assert quantize_main([f"ckpt_path={tiny_ckpt}", *args, f"out={out}", "json=true"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert out.is_file() and (tmp_path / "tiny.onnx").is_file()
+    assert report["test_images"] == 64 and set(report["top1"]) == {"fp32", "int8"}
+    assert report["speedup"] > 0 and "goals" not in report  # goals are in docs/performance.md
+    assert read_metadata(out)["quantization"].startswith("int8 QDQ")
+    wrong = quantize_main([f"ckpt_path={tiny_ckpt}", "data=fake"])  # 10 classes, the checkpoint has 4
+    assert wrong == 2 and "the checkpoint expects 4 and 3" in capsys.readouterr().err
