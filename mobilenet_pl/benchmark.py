@@ -48,6 +48,7 @@ LATENCY_CALLS_PER_STEP = 10  # batch-1 calls are short: time 10 x steps of them 
 PIPELINE_IMAGES = 256  # JPEGs generated for the pipeline section (256 x 256, 4 classes)
 LR, MOMENTUM, WEIGHT_DECAY, LABEL_SMOOTHING = 0.01, 0.9, 4e-5, 0.1
 
+
 @dataclass
 class Config:
     families: list[str]
@@ -232,9 +233,7 @@ def bench_infer(cfg: Config, notes: list[str]) -> dict[str, Any]:
             cfg.repeats,
             cfg.warmup * LATENCY_CALLS_PER_STEP,
         )
-        thr = interleaved(
-            {k: _infer_call(m, cfg, xb) for k, m in models.items()}, cfg.steps, cfg.repeats, cfg.warmup
-        )
+        thr = interleaved({k: _infer_call(m, cfg, xb) for k, m in models.items()}, cfg.steps, cfg.repeats, cfg.warmup)
         out[f"{family} batch 1"] = make_group(
             "ms",
             False,

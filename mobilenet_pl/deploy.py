@@ -358,5 +358,3 @@ def onnx_accuracy(path: str | Path, loader: Iterable[Any]) -> tuple[float, int]:
         correct += int((predicted == y.numpy()).sum())
         total += len(y)
     return correct / max(1, total), total
-
-

@@ -16,9 +16,7 @@ from typing import Any
 import torch
 
 
-def interleaved(
-    runners: dict[str, Callable[[], Any]], calls: int, repeats: int, warmup: int
-) -> dict[str, list[float]]:
+def interleaved(runners: dict[str, Callable[[], Any]], calls: int, repeats: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per call of every runner, one sample per repetition.
 
     Every runner is warmed up first (``warmup`` calls: allocator, autotuning, compilation); then each

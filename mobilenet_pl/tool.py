@@ -50,8 +50,8 @@ def _check_composes(name: str, args: Sequence[str]) -> None:
 def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> int:
     """Run ``task`` on the composed ``conf/<name>.yaml`` and ``argv`` (default: the command line).
 
-    Returns the exit status: 0, or 2 after one ``error:`` line. Hydra's own commands (``--help``,
-    ``--cfg job``, ``-m``) work as with any Hydra app.
+    Returns the exit status: 0, or 2 after one ``error:`` line (with ``argv=None``, a non-zero status
+    exits the process). Hydra's own commands (``--help``, ``--cfg job``, ``-m``) work as with any Hydra app.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     register_schemas()
@@ -62,7 +62,7 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
 
     job.__module__ = f"mobilenet_pl.{name}"  # Hydra names the job (and its log file) after the module
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=name)(job)
-    saved = sys.argv
+    saved, status = sys.argv, 0
     try:
         with error_boundary():
             _check_plugins(args)
@@ -71,10 +71,12 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
         sys.argv = [f"mobilenet_pl.{name}", *args]
         app()
     except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:
         sys.argv = saved
-    return 0
+    if status and argv is None:  # the real command line: exit even where the caller ignores the status
+        raise SystemExit(status)
+    return status
 
 
 def checkpoint_datamodule(data: DictConfig, hp: dict[str, Any], **overrides: Any) -> Any:

@@ -6,7 +6,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mobilenet_pl"
-ENTRY_POINTS = {f"mobilenet_pl.{tool}" for tool in ("train", "eval", "profile", "export", "quantize", "benchmark", "report")}
+ENTRY_POINTS = {
+    f"mobilenet_pl.{tool}" for tool in ("train", "eval", "profile", "export", "quantize", "benchmark", "report")
+}
 
 
 def module_name(path: Path) -> str:

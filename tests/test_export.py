@@ -217,8 +217,8 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_int8_quantization_agrees_with_fp32(tmp_path: Path) -> None:
     """A briefly trained digits model, quantized with calibration on held-out images: the int8 model's
     predictions match the fp32 model's on most test images (agreement, not speed, is asserted)."""
-    from mobilenet_pl.lit.data import DigitsDataModule
     from mobilenet_pl.deploy import onnx_accuracy, quantize_onnx
+    from mobilenet_pl.lit.data import DigitsDataModule
 
     torch.manual_seed(0)
     datamodule = DigitsDataModule(resolution=32, batch_size=64, augment=False)
