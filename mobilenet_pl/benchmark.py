@@ -79,7 +79,9 @@ def settings(cfg: DictConfig) -> Config:
         raise ConfigError("device=cuda is not allowed: torch.cuda.is_available() is False")
     sized = {key: default if cfg[key] is None else cfg[key] for key, default in DEVICE_DEFAULTS[device].items()}
     bounds = {"resolution": MIN_INPUT_SIZE, "batch_size": 1, "steps": 1, "repeats": 1, "warmup": 0, "infer_batch": 1}
-    check_values(OmegaConf.merge(cfg, sized), {**bounds, "threads": 1}, positive=("width",))
+    merged = OmegaConf.merge(cfg, sized)
+    assert isinstance(merged, DictConfig)
+    check_values(merged, {**bounds, "threads": 1}, positive=("width",))
     if not cfg.sections:
         raise ConfigError(f"sections=[] is not allowed: choose from {list(SECTIONS)}")
     return Config(

@@ -308,8 +308,14 @@ def quantize_onnx(
     ``calibration`` yields input batches (arrays, tensors or ``(images, labels)`` pairs) whose activation
     ranges set the quantization scales: a few hundred images of the data the model will see.
     """
-    quantization = require("onnxruntime.quantization", "INT8 quantization")
-    CalibrationDataReader = quantization.CalibrationDataReader
+    require("onnxruntime.quantization", "INT8 quantization")
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -323,16 +329,16 @@ def quantize_onnx(
     int8_path.parent.mkdir(parents=True, exist_ok=True)
     prepared = int8_path.with_name(int8_path.stem + ".pre.onnx")
     # shape inference + graph clean-up first, as onnxruntime recommends: every Conv then gets its Q/DQ pair
-    quantization.quant_pre_process(str(fp32_path), str(prepared))
+    quant_pre_process(str(fp32_path), str(prepared))
     try:
-        quantization.quantize_static(
+        quantize_static(
             str(prepared),
             str(int8_path),
             Reader(),
-            quant_format=quantization.QuantFormat.QDQ,
+            quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
-            activation_type=quantization.QuantType.QUInt8,
-            weight_type=quantization.QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             reduce_range=True,  # see the module docstring: no int16 saturation on AVX2
         )
     finally:

@@ -10,7 +10,7 @@ Runs with Hydra flags (``--help``, ``--cfg``, ``-m`` sweeps, ...) go to Hydra as
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
     return status
 
 
-def checkpoint_datamodule(data: DictConfig, hp: dict[str, Any], **overrides: Any) -> Any:
+def checkpoint_datamodule(data: DictConfig, hp: Mapping[str, Any], **overrides: Any) -> Any:
     """The DataModule of ``data`` (a conf/data option), checked against a checkpoint's classes and channels."""
     datamodule = instantiate(data, **overrides)
     if datamodule.num_classes != hp["num_classes"] or datamodule.in_chans != hp["in_chans"]:
