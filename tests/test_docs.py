@@ -83,10 +83,12 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The files the placeholders stand for: checkpoints (digits and image folder), images, a sweep dir."""
     root = tmp_path_factory.mktemp("docs")
     images = make_image_folder(root / "images", splits=("train", "val"))
-    for name, extra in (("digits", []), ("folder", ["data=imagefolder", f"data.root={images}", "resolution=64"])):
+    # digits with the default config: the documented resume (``ckpt_path=.../last.ckpt``) continues that run
+    folder_args = ["data=imagefolder", f"data.root={images}", "resolution=64", "width=0.25"]
+    for name, extra in (("digits", []), ("folder", folder_args)):
         work = root / name
         work.mkdir()
-        run_ok("mobilenet_pl.train", "width=0.25", "logger=none", *extra, *FAST, cwd=work)
+        run_ok("mobilenet_pl.train", "logger=none", *extra, *FAST, cwd=work)
     digits = next((root / "digits").glob("outputs/*/*/results.json"))
     folder = next((root / "folder").glob("outputs/*/*/results.json"))
     sweep = root / "sweep"
