@@ -98,8 +98,8 @@ def test_sweep_writes_summary_and_tradeoff_plot(tmp_path: Path) -> None:
 
 
 def test_report_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert report_main([str(tmp_path / "missing")]) == 2
-    assert report_main([str(tmp_path)]) == 2
+    assert report_main([f"sweep_dir={tmp_path / 'missing'}"]) == 2
+    assert report_main([f"sweep_dir={tmp_path}"]) == 2
     assert "no results.json" in capsys.readouterr().err
 
 
