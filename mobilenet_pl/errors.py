@@ -91,7 +91,7 @@ def one_line(err: BaseException) -> str:
         first = f"{first}; available: {', '.join(sorted(err.options))}"
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and str(cause).strip():  # "Error merging override x=y": why
-        first = f"{first}: {str(cause).strip().splitlines()[0]}"
+        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
     return first
 
 
