@@ -1,86 +1,52 @@
-"""Speed benchmark: ``python -m mobilenet_pl.benchmark [model=all] [device=cpu] [sections=...] [json=PATH]``.
+"""Speed benchmark: ``python -m mobilenet_pl.benchmark [family=all] [device=cpu] [sections=[...]] [json=PATH]``.
 
 Measures, in one run, our MobileNets against timm's and torchvision's at the same width: training-step
 and inference throughput, batch-1 latency, the Lightning loop's per-step overhead over a plain PyTorch
 loop, the input pipeline, and deployed (ONNX Runtime) latency. Contenders are measured in alternation:
 every contender is warmed up first, then each repetition times every contender once, in an order that
 rotates between repetitions, so drifting machine load hits all of them alike; the median repetition is
-reported. Ratios are speeds relative to the best peer (> 1: faster than it). Nothing here needs Hydra,
-OmegaConf or W&B.
+reported (`mobilenet_pl.timing`). Ratios are speeds relative to the best peer (> 1: faster than it);
+the goals they are held against live in docs/performance.md, not here.
+
+The table is ours, not ``torch.utils.benchmark.Compare``: Compare shows times only, and our blocks mix
+throughput (images/s) and latency (ms) and add each contender's speed relative to the best peer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mobilenet_pl.cli import cli_args, parse_overrides, to_bool, to_number
+from mobilenet_pl.config import check_values
+from mobilenet_pl.errors import ConfigError
 from mobilenet_pl.models import create_model
+from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
+from mobilenet_pl.timing import Entry, interleaved, make_group, median
+from mobilenet_pl.tool import run_tool
 
-SECTIONS = ("train", "infer", "lightning", "pipeline", "export")
+SECTIONS = ("train", "infer", "lightning", "pipeline", "export")  # run in this order
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FAMILIES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
 # per-device defaults: a CPU run of every section takes a few minutes on 2 cores
 DEVICE_DEFAULTS = {
-    "cpu": {"resolution": "128", "batch_size": "16", "steps": "2"},
-    "cuda": {"resolution": "224", "batch_size": "128", "steps": "20"},
+    "cpu": {"resolution": 128, "batch_size": 16, "steps": 2},
+    "cuda": {"resolution": 224, "batch_size": 128, "steps": 20},
 }
 LATENCY_CALLS_PER_STEP = 10  # batch-1 calls are short: time 10 x steps of them per repetition
 PIPELINE_IMAGES = 256  # JPEGs generated for the pipeline section (256 x 256, 4 classes)
 LR, MOMENTUM, WEIGHT_DECAY, LABEL_SMOOTHING = 0.01, 0.9, 4e-5, 0.1
-
-USAGE = """usage: python -m mobilenet_pl.benchmark [model=all|v1|v2] [width=1.0] [resolution=R] [batch_size=B]
-           [device=cpu|cuda] [precision=fp32|bf16|fp16] [channels_last=false] [compile=false] [steps=S]
-           [repeats=5] [warmup=2] [infer_batch=64] [threads=N] [sections=train,infer,lightning,pipeline,export]
-           [json=benchmark.json]
-
-Sections (all by default):
-  train      images/s of a training step (forward + backward + SGD step), ours vs timm vs torchvision
-  infer      inference latency at batch 1 (ms) and throughput at batch infer_batch (images/s)
-  lightning  ms per step of Lightning's Trainer vs a plain PyTorch loop, same MobileNetClassifier and batches
-  pipeline   JPEG decode + augment images/s in one process (= per DataLoader worker), ours vs timm transforms
-  export     batch-1 latency of the BN-folded ONNX export in onnxruntime (fp32 and int8) vs peers exported
-             the same way and vs eager PyTorch; always on the CPU, in fp32
-Defaults: model=all (V1 and V2), width=1.0, device=cpu, precision=fp32, channels_last=false, compile=false,
-repeats=5, warmup=2, infer_batch=64, threads = torch's default (one per core; onnxruntime gets the
-same), json=benchmark.json; on cpu resolution=128 batch_size=16 steps=2,
-on cuda resolution=224 batch_size=128 steps=20. steps = timed steps per contender per repetition
-(x10 calls for batch-1 latency, x batch_size images for the pipeline). Peers: timm mobilenetv1_100/125,
-mobilenetv2_035/050/075/100/140 (others are skipped), torchvision mobilenet_v2(width_mult=width); there
-is no torchvision V1. Prints a table with ratios to the best peer, the targets with PASS/FAIL, and writes
-everything (with every repetition's sample) to the JSON file."""
-
-DEFAULTS: dict[str, str] = {
-    "model": "all",
-    "width": "1.0",
-    "resolution": "",
-    "batch_size": "",
-    "device": "cpu",
-    "precision": "fp32",
-    "channels_last": "false",
-    "compile": "false",
-    "steps": "",
-    "repeats": "5",
-    "warmup": "2",
-    "infer_batch": "64",
-    "threads": "",
-    "sections": ",".join(SECTIONS),
-    "json": "benchmark.json",
-}
 
 
 @dataclass
@@ -99,122 +65,45 @@ class Config:
     infer_batch: int
     threads: int
     sections: list[str]
-    json: str
+    json: str | None
 
     @property
     def dtype(self) -> torch.dtype | None:
         return PRECISIONS[self.precision]
 
 
-def parse_config(args: Sequence[str]) -> Config:
-    """Options from ``key=value`` arguments, validated; ValueError naming the bad key otherwise."""
-    opts = parse_overrides(args, DEFAULTS)
-    device = opts["device"]
-    if device not in DEVICE_DEFAULTS:
-        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+def settings(cfg: DictConfig) -> Config:
+    """The run's settings: the composed config with the device's defaults for the keys left at null."""
+    device = cfg.device.value
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but torch.cuda.is_available() is False")
-    for key, value in DEVICE_DEFAULTS[device].items():
-        opts[key] = opts[key] or value
-    families = list(FAMILIES) if opts["model"] == "all" else [opts["model"]]
-    if any(f not in FAMILIES for f in families):
-        raise ValueError(f"model must be all, v1 or v2, got {opts['model']!r}")
-    if opts["precision"] not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {opts['precision']!r}")
-    sections = [s.strip() for s in opts["sections"].split(",") if s.strip()]
-    unknown = [s for s in sections if s not in SECTIONS]
-    if unknown or not sections:
-        raise ValueError(f"sections must be a comma list of {list(SECTIONS)}, got {opts['sections']!r}")
+        raise ConfigError("device=cuda is not allowed: torch.cuda.is_available() is False")
+    sized = {key: default if cfg[key] is None else cfg[key] for key, default in DEVICE_DEFAULTS[device].items()}
+    bounds = {"resolution": MIN_INPUT_SIZE, "batch_size": 1, "steps": 1, "repeats": 1, "warmup": 0, "infer_batch": 1}
+    merged = OmegaConf.merge(cfg, sized)
+    assert isinstance(merged, DictConfig)
+    check_values(merged, {**bounds, "threads": 1}, positive=("width",))
+    if not cfg.sections:
+        raise ConfigError(f"sections=[] is not allowed: choose from {list(SECTIONS)}")
     return Config(
-        families=families,
-        width=to_number("width", opts["width"], float, 0, inclusive=False),
-        resolution=int(to_number("resolution", opts["resolution"], int, 32)),
-        batch_size=int(to_number("batch_size", opts["batch_size"], int, 1)),
+        families=list(FAMILIES) if cfg.family.value == "all" else [cfg.family.value],
+        width=float(cfg.width),
         device=device,
-        precision=opts["precision"],
-        channels_last=to_bool("channels_last", opts["channels_last"]),
-        compile=to_bool("compile", opts["compile"]),
-        steps=int(to_number("steps", opts["steps"], int, 1)),
-        repeats=int(to_number("repeats", opts["repeats"], int, 1)),
-        warmup=int(to_number("warmup", opts["warmup"], int, 0)),
-        infer_batch=int(to_number("infer_batch", opts["infer_batch"], int, 1)),
-        threads=int(to_number("threads", opts["threads"], int, 1)) if opts["threads"] else torch.get_num_threads(),
-        sections=sections,
-        json=opts["json"],
+        precision=cfg.precision.value,
+        channels_last=bool(cfg.channels_last),
+        compile=bool(cfg.compile),
+        repeats=int(cfg.repeats),
+        warmup=int(cfg.warmup),
+        infer_batch=int(cfg.infer_batch),
+        threads=torch.get_num_threads() if cfg.threads is None else int(cfg.threads),
+        sections=[section.value for section in cfg.sections],
+        json=cfg.json,
+        **{key: int(value) for key, value in sized.items()},
     )
 
 
-# -- measurement -----------------------------------------------------------------------------------------
-
-
 def sync_fn(device: str) -> Callable[[], None]:
-    """What to call before reading the clock: CUDA kernels run asynchronously."""
+    """What to call before reading the clock in the Lightning section: CUDA kernels run asynchronously."""
     return torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-
-def interleaved(
-    runners: dict[str, Callable[[], Any]],
-    calls: int,
-    repeats: int,
-    warmup: int,
-    sync: Callable[[], None] = lambda: None,
-) -> dict[str, list[float]]:
-    """Seconds per call of every runner, one sample per repetition.
-
-    Every runner is warmed up first (``warmup`` calls: allocator, autotuning, compilation); then each
-    repetition times ``calls`` calls of every runner in turn, starting one runner later each time, so no
-    runner always follows the same neighbour or always runs first.
-    """
-    for run in runners.values():
-        for _ in range(warmup):
-            run()
-        sync()
-    names = list(runners)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for rep in range(repeats):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            sync()
-            start = time.perf_counter()
-            for _ in range(calls):
-                runners[name]()
-            sync()
-            samples[name].append((time.perf_counter() - start) / calls)
-    return samples
-
-
-@dataclass
-class Entry:
-    """One contender's measurement: ``value`` is the median of ``samples`` in ``unit``."""
-
-    label: str
-    source: str  # "ours", a peer ("timm", "torchvision", ...) or "reference" (shown, never a peer)
-    value: float
-    samples: list[float] = field(default_factory=list)
-    ratio_to_best_peer: float | None = None
-
-
-def make_group(unit: str, higher_is_better: bool, entries: dict[str, Entry]) -> dict[str, Any]:
-    """A table block: entries plus, for each, its speed relative to the fastest peer (> 1: faster)."""
-    peers = {k: e for k, e in entries.items() if e.source not in ("ours", "reference")}
-    best: str | None = None
-    if peers:
-        pick = max if higher_is_better else min
-        best = pick(peers, key=lambda k: peers[k].value)
-        for entry in entries.values():
-            ref = peers[best].value
-            speed = entry.value / ref if higher_is_better else ref / entry.value
-            entry.ratio_to_best_peer = speed if entry.value > 0 else None
-    return {
-        "unit": unit,
-        "higher_is_better": higher_is_better,
-        "best_peer": best,
-        "entries": {k: asdict(e) for k, e in entries.items()},
-    }
-
-
-def _median(samples: list[float]) -> float:
-    return statistics.median(samples)
 
 
 # -- contenders ------------------------------------------------------------------------------------------
@@ -314,16 +203,15 @@ def _infer_call(model: nn.Module, cfg: Config, x: torch.Tensor) -> Callable[[], 
 def bench_train(cfg: Config, notes: list[str]) -> dict[str, Any]:
     """Training-step throughput (images/s) per family: ours vs timm vs torchvision."""
     out: dict[str, Any] = {}
-    sync = sync_fn(cfg.device)
     for family in cfg.families:
         found, family_notes = contenders(family, cfg.width)
         notes.extend(n for n in family_notes if n not in notes)
         batch = _batch(cfg, cfg.batch_size)
         steps = {c.key: _train_step(_prepare(c.build().train(), cfg), cfg, batch) for c in found}
-        samples = interleaved(steps, cfg.steps, cfg.repeats, cfg.warmup, sync)
+        samples = interleaved(steps, cfg.steps, cfg.repeats, cfg.warmup)
         entries = {
             c.key: Entry(
-                c.label, c.key, cfg.batch_size / _median(samples[c.key]), [cfg.batch_size / s for s in samples[c.key]]
+                c.label, c.key, cfg.batch_size / median(samples[c.key]), [cfg.batch_size / s for s in samples[c.key]]
             )
             for c in found
         }
@@ -335,7 +223,6 @@ def bench_train(cfg: Config, notes: list[str]) -> dict[str, Any]:
 def bench_infer(cfg: Config, notes: list[str]) -> dict[str, Any]:
     """Inference latency at batch 1 (ms) and throughput at ``infer_batch`` (images/s) per family."""
     out: dict[str, Any] = {}
-    sync = sync_fn(cfg.device)
     for family in cfg.families:
         found, family_notes = contenders(family, cfg.width)
         notes.extend(n for n in family_notes if n not in notes)
@@ -347,31 +234,20 @@ def bench_infer(cfg: Config, notes: list[str]) -> dict[str, Any]:
             cfg.steps * LATENCY_CALLS_PER_STEP,
             cfg.repeats,
             cfg.warmup * LATENCY_CALLS_PER_STEP,
-            sync,
         )
-        thr = interleaved(
-            {k: _infer_call(m, cfg, xb) for k, m in models.items()}, cfg.steps, cfg.repeats, cfg.warmup, sync
-        )
+        thr = interleaved({k: _infer_call(m, cfg, xb) for k, m in models.items()}, cfg.steps, cfg.repeats, cfg.warmup)
         out[f"{family} batch 1"] = make_group(
             "ms",
             False,
-            {c.key: Entry(c.label, c.key, 1e3 * _median(lat[c.key]), [1e3 * s for s in lat[c.key]]) for c in found},
+            {c.key: Entry(c.label, c.key, 1e3 * median(lat[c.key]), [1e3 * s for s in lat[c.key]]) for c in found},
         )
         n = cfg.infer_batch
         out[f"{family} batch {n}"] = make_group(
             "images/s",
             True,
-            {c.key: Entry(c.label, c.key, n / _median(thr[c.key]), [n / s for s in thr[c.key]]) for c in found},
+            {c.key: Entry(c.label, c.key, n / median(thr[c.key]), [n / s for s in thr[c.key]]) for c in found},
         )
     return out
-
-
-def _optimizer_from_hparams(module: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer ``module.hparams["optimizer"]`` names (an allow-list), with the module's weight-decay
-    parameter groups: the same one its ``configure_optimizers`` builds."""
-    from mobilenet_pl.lit.optim import build_optimizer
-
-    return build_optimizer(module.hparams["optimizer"], module._net())  # type: ignore[index,operator,arg-type]
 
 
 class InMemoryBatches:
@@ -439,7 +315,7 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
     def plain() -> float:
         module.to(cfg.device)  # Lightning's teardown moves the module to the CPU after every fit
         module.train()
-        optimizer = _optimizer_from_hparams(module)
+        optimizer = module.configure_optimizers()  # the same SGD and parameter groups as in the Trainer
         scaler = torch.amp.GradScaler(cfg.device) if cfg.dtype == torch.float16 else None
         stamps = []
         for x, y in batches:
@@ -491,7 +367,7 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
     }
     for key, entry in entries.items():
         entry.samples = [1e3 * s for s in samples[key]]
-        entry.value = _median(entry.samples)
+        entry.value = median(entry.samples)
     group = make_group("ms/step", False, entries)
     group["overhead"] = entries["lightning"].value / entries["plain"].value - 1.0
     group["batch_size"] = cfg.batch_size
@@ -572,7 +448,7 @@ def bench_pipeline(cfg: Config, notes: list[str]) -> dict[str, Any]:
                 }
                 samples = interleaved(loaders, images, cfg.repeats, min(cfg.warmup, 1) * 8)
                 entries = {
-                    key: Entry(label, key, 1 / _median(samples[key]), [1 / s for s in samples[key]])
+                    key: Entry(label, key, 1 / median(samples[key]), [1 / s for s in samples[key]])
                     for key, (label, _) in variants.items()
                 }
                 out[split] = make_group("images/s/worker", True, entries)
@@ -584,8 +460,7 @@ def bench_pipeline(cfg: Config, notes: list[str]) -> dict[str, Any]:
 
 def bench_export(cfg: Config, notes: list[str]) -> dict[str, Any]:
     """Batch-1 latency (ms) of BN-folded ONNX exports in onnxruntime vs eager PyTorch, on the CPU in fp32."""
-    from mobilenet_pl.export import export_onnx, ort_call, ort_session
-    from mobilenet_pl.quantize import quantize_onnx
+    from mobilenet_pl.deploy import export_onnx, ort_call, ort_session, quantize_onnx
 
     out: dict[str, Any] = {}
     x = torch.randn(1, 3, cfg.resolution, cfg.resolution, generator=torch.Generator().manual_seed(0))
@@ -612,7 +487,7 @@ def bench_export(cfg: Config, notes: list[str]) -> dict[str, Any]:
             calls = cfg.steps * LATENCY_CALLS_PER_STEP
             samples = interleaved(runners, calls, cfg.repeats, cfg.warmup * LATENCY_CALLS_PER_STEP)
             entries = {
-                key: Entry(labels[key][0], labels[key][1], 1e3 * _median(samples[key]), [1e3 * s for s in samples[key]])
+                key: Entry(labels[key][0], labels[key][1], 1e3 * median(samples[key]), [1e3 * s for s in samples[key]])
                 for key in runners
             }
             out[f"{family} batch 1"] = make_group("ms", False, entries)
@@ -635,71 +510,26 @@ BENCHES: dict[str, Callable[[Config, list[str]], dict[str, Any]]] = {
     "export": bench_export,
 }
 
-# -- targets ---------------------------------------------------------------------------------------------
-
-
-def _ratio(results: dict[str, Any], section: str, group: str, key: str) -> float | None:
-    entry = results.get(section, {}).get(group, {}).get("entries", {}).get(key)
-    return entry["ratio_to_best_peer"] if entry else None
-
-
-def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each with the measured ratio, its threshold and PASS/FAIL (None: not measured)."""
-    targets: list[dict[str, Any]] = []
-
-    def add(name: str, ratio: float | None, threshold: float, higher: bool = True) -> None:
-        passed = None if ratio is None else (ratio >= threshold if higher else ratio <= threshold)
-        targets.append({"target": name, "ratio": ratio, "threshold": threshold, "pass": passed})
-
-    for family in results.get("train", {}):
-        add(
-            f"train {family}: images/s vs the faster of timm/torchvision >= 1.0x",
-            _ratio(results, "train", family, "ours"),
-            1.0,
-        )
-    for group in results.get("lightning", {}).values():
-        add("lightning: per-step overhead over a plain loop <= 5%", group["overhead"], 0.05, higher=False)
-    export = results.get("export", {}).get("v2 batch 1")
-    if export:
-        entries = export["entries"]
-        ours = entries["ours onnx"]["value"]
-        tv_onnx = entries.get("torchvision onnx", {}).get("value")
-        tv_eager = entries.get("torchvision eager", {}).get("value")
-        add(
-            "export v2 batch 1: ours ONNX vs torchvision ONNX (speed) >= 1.0x", tv_onnx / ours if tv_onnx else None, 1.0
-        )
-        add(
-            "export v2 batch 1: ours ONNX vs torchvision eager (speed) >= 3.0x",
-            tv_eager / ours if tv_eager else None,
-            3.0,
-        )
-    return targets
-
-
 # -- report ----------------------------------------------------------------------------------------------
 
 
 def environment(cfg: Config) -> dict[str, Any]:
-    """Hardware and library versions, so a result file says what it measured."""
+    """Hardware and library versions (``torch.utils.collect_env``), so a result file says what it measured."""
     import timm
     import torchvision
+    from torch.utils.collect_env import get_env_info
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):  # not Linux: keep platform's answer
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
+    info = get_env_info()._asdict()
+    cpu_lines = str(info.get("cpu_info") or "").splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpu_lines if line.startswith("Model name")), None)
     env: dict[str, Any] = {
-        "cpu": cpu,
+        "cpu": cpu or info["python_platform"],
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
         "timm": timm.__version__,
+        "torchvision": torchvision.__version__,
         "gpu": torch.cuda.get_device_name() if cfg.device == "cuda" else None,
+        "collect_env": {key: value for key, value in info.items() if key not in ("pip_packages", "conda_packages")},
     }
     try:
         import onnxruntime
@@ -729,15 +559,6 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_targets(targets: list[dict[str, Any]]) -> str:
-    lines = []
-    for t in targets:
-        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
-        measured = "not measured" if t["ratio"] is None else f"measured {t['ratio']:.3f}"
-        lines.append(f"{verdict}  {t['target']}: {measured}")
-    return "\n".join(lines)
-
-
 def run(cfg: Config) -> dict[str, Any]:
     """Run the selected sections; returns everything that goes into the JSON file."""
     if cfg.device == "cuda":
@@ -760,21 +581,13 @@ def run(cfg: Config) -> dict[str, Any]:
         "config": asdict(cfg),
         "environment": env,
         "results": results,
-        "targets": evaluate_targets(results),
         "notes": notes,
         "wall_time_s": time.perf_counter() - started,
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = cli_args(argv, USAGE)
-    if args is None:
-        return 0
-    try:
-        cfg = parse_config(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def benchmark(dcfg: DictConfig) -> None:
+    cfg = settings(dcfg)
     report = run(cfg)
     env = report["environment"]
     hardware = env["gpu"] or f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads)"
@@ -784,16 +597,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"median of {cfg.repeats} interleaved repetitions x {cfg.steps} steps"
     )
     print(format_table(report["results"]))
-    if report["targets"]:
-        print("\ntargets (ratios measured in this run):")
-        print(format_targets(report["targets"]))
     for note in report["notes"]:
         print(f"note: {note}")
     if cfg.json:
         Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.json).write_text(json.dumps(report, indent=2))
         print(f"results: {cfg.json}")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mobilenet_pl.benchmark`` and the ``mobilenet-pl-benchmark`` console script."""
+    return run_tool("benchmark", benchmark, argv)
 
 
 if __name__ == "__main__":

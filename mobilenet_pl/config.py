@@ -1,61 +1,182 @@
-"""The training app's config schema and value checks, run before any work starts.
+"""The config schemas of every entry point and the value checks run before any work starts.
 
-The schema (a dataclass registered in Hydra's ConfigStore) types the top-level keys, so ``width=abc``
-or a misspelt top-level key fails at composition. ``validate`` then checks ranges and paths and raises
-``ConfigError`` naming the key, the value and what is allowed.
+Each tool's schema (a dataclass registered in Hydra's ConfigStore as ``<tool>_schema``) types its
+top-level keys, so ``width=abc`` or a misspelt key fails at composition. The schemas hold no defaults
+(``MISSING``): every default lives once, in ``conf/<tool>.yaml``, next to the comment that explains it.
+``validate`` and `check_at_least` then check ranges and paths and raise `ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from mobilenet_pl.errors import ConfigError
+from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
 
 CONFIG_DIR_NAME = "conf"
+TOOLS = ("train", "eval", "profile", "export", "quantize", "benchmark", "report")
+
+# Optional[...] rather than ``X | None``: OmegaConf reads these annotations at run time (Python 3.10 too)
+# ruff: noqa: UP045
 
 
-class ConfigError(ValueError):
-    """A config value outside what is allowed; the app prints it as one line and exits non-zero."""
+class ExportFormat(Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+class Family(Enum):
+    all = "all"
+    v1 = "v1"
+    v2 = "v2"
+
+
+class Device(Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Section(Enum):
+    train = "train"
+    infer = "infer"
+    lightning = "lightning"
+    pipeline = "pipeline"
+    export = "export"
 
 
 @dataclass
 class RecipeSchema:
-    label_smoothing: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    ema_decay: float = 0.0
-    scale_lr: bool = False
-    sync_batchnorm: bool = False
+    label_smoothing: float = MISSING
+    mixup: float = MISSING
+    cutmix: float = MISSING
+    ema_decay: float = MISSING
+    scale_lr: bool = MISSING
+    sync_batchnorm: bool = MISSING
 
 
 @dataclass
 class TrainSchema:
-    width: float = 1.0
-    resolution: int | None = None
-    seed: int = 0
-    ckpt_path: str | None = None
-    auto_resume: bool = True
-    test: bool = True
-    channels_last: bool = False
-    compile: bool = False
-    project: str = "mobilenet_pl"
-    run_name: str | None = None
-    recipe: RecipeSchema = field(default_factory=RecipeSchema)
-    model: Any = None
-    data: Any = None
-    optimizer: Any = None
-    scheduler: Any = None
-    trainer: Any = None
-    logger: Any = None
-    callbacks: Any = None
+    width: float = MISSING
+    resolution: Optional[int] = MISSING
+    seed: int = MISSING
+    ckpt_path: Optional[str] = MISSING
+    auto_resume: bool = MISSING
+    test: bool = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    project: str = MISSING
+    run_name: Optional[str] = MISSING
+    recipe: RecipeSchema = MISSING
+    model: Any = MISSING
+    data: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = MISSING
+    callbacks: Any = MISSING
 
 
-def register_schema() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+@dataclass
+class EvalSchema:
+    ckpt_path: str = MISSING
+    split: str = MISSING
+    resolution: Optional[int] = MISSING
+    seed: int = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+    data: Any = MISSING
+
+
+@dataclass
+class ProfileSchema:
+    model: Any = MISSING
+    width: float = MISSING
+    resolution: int = MISSING
+    num_classes: int = MISSING
+    json: bool = MISSING
+    paper: bool = MISSING
+
+
+@dataclass
+class ExportSchema:
+    ckpt_path: str = MISSING
+    format: ExportFormat = MISSING
+    out: Optional[str] = MISSING
+    check: bool = MISSING
+    opset: int = MISSING
+    resolution: Optional[int] = MISSING
+    mean: Optional[list[float]] = MISSING
+    std: Optional[list[float]] = MISSING
+
+
+@dataclass
+class QuantizeSchema:
+    ckpt_path: str = MISSING
+    out: Optional[str] = MISSING
+    calib_batches: int = MISSING
+    batch_size: int = MISSING
+    calls: int = MISSING
+    repeats: int = MISSING
+    threads: Optional[int] = MISSING
+    json: bool = MISSING
+    resolution: Optional[int] = MISSING
+    seed: int = MISSING
+    data: Any = MISSING
+
+
+@dataclass
+class BenchmarkSchema:
+    family: Family = MISSING
+    width: float = MISSING
+    resolution: Optional[int] = MISSING
+    batch_size: Optional[int] = MISSING
+    steps: Optional[int] = MISSING
+    device: Device = MISSING
+    precision: Precision = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    repeats: int = MISSING
+    warmup: int = MISSING
+    infer_batch: int = MISSING
+    threads: Optional[int] = MISSING
+    sections: list[Section] = MISSING
+    json: Optional[str] = MISSING
+
+
+@dataclass
+class ReportSchema:
+    sweep_dir: str = MISSING
+
+
+SCHEMAS: dict[str, type] = {
+    "train": TrainSchema,
+    "eval": EvalSchema,
+    "profile": ProfileSchema,
+    "export": ExportSchema,
+    "quantize": QuantizeSchema,
+    "benchmark": BenchmarkSchema,
+    "report": ReportSchema,
+}
+
+
+def register_schemas() -> None:
+    """Store every tool's schema in Hydra's ConfigStore as ``<tool>_schema`` (conf/<tool>.yaml extends it)."""
+    store = ConfigStore.instance()
+    for tool, schema in SCHEMAS.items():
+        store.store(name=f"{tool}_schema", node=schema)
 
 
 def config_dir() -> str:
@@ -74,6 +195,17 @@ def _number(key: str, value: Any, minimum: float, *, inclusive: bool, kind: str 
         raise ConfigError(f"{key}={value!r} is not allowed: {key} must be a {kind} {bound}")
 
 
+def check_values(cfg: DictConfig, at_least: dict[str, float], positive: tuple[str, ...] = ()) -> None:
+    """Each key of ``at_least`` (whole numbers; None means "the default" and passes) is >= its bound; each
+    key of ``positive`` is a number > 0. Raises `ConfigError` naming the first key that is not."""
+    for key in positive:
+        _number(key, OmegaConf.select(cfg, key), 0, inclusive=False)
+    for key, minimum in at_least.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            _number(key, value, minimum, inclusive=True, kind="whole number")
+
+
 def _device_count(accelerator: str) -> int:
     import torch
 
@@ -88,7 +220,7 @@ def validate(cfg: DictConfig) -> None:
     """Check values the schema cannot: ranges, paths, device counts."""
     _number("width", cfg.width, 0, inclusive=False)
     if cfg.resolution is not None:
-        _number("resolution", cfg.resolution, 32, inclusive=True, kind="whole number")
+        _number("resolution", cfg.resolution, MIN_INPUT_SIZE, inclusive=True, kind="whole number")
     data = cfg.data
     _number("data.batch_size", data.batch_size, 1, inclusive=True, kind="whole number")
     _number("data.num_workers", data.get("num_workers", 0), 0, inclusive=True, kind="whole number")

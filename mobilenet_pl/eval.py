@@ -7,25 +7,25 @@ evaluation is checked against.
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from mobilenet_pl.config import ConfigError, check_checkpoint, config_dir
+from mobilenet_pl.config import check_checkpoint, check_values
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.models.cost import count_madds
 from mobilenet_pl.plots import save_confusion_matrix
 from mobilenet_pl.results import write_results
-from mobilenet_pl.train import reported_errors
+from mobilenet_pl.tool import checkpoint_datamodule, run_tool
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> MobileNetClassifier:
@@ -65,25 +65,15 @@ def evaluate(module: MobileNetClassifier, loader: DataLoader[Any], device: str =
     }
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    with reported_errors():
-        run(cfg)
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
+    check_values(cfg, {"batch_size": 1})
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     module = load_checkpoint(cfg.ckpt_path, device)
     hp = module.hparams
     if cfg.resolution is None:
         cfg.resolution = hp["resolution"]
-    datamodule = instantiate(cfg.data, batch_size=cfg.batch_size)
-    if datamodule.num_classes != hp["num_classes"] or datamodule.in_chans != hp["in_chans"]:
-        raise ConfigError(
-            f"data={cfg.data._target_.rsplit('.', 1)[-1]} has {datamodule.num_classes} classes and {datamodule.in_chans} "
-            f"channels; the checkpoint expects {hp['num_classes']} and {hp['in_chans']}"
-        )
+    datamodule = checkpoint_datamodule(cfg.data, hp, batch_size=cfg.batch_size)
     datamodule.setup("test")
     result = evaluate(module, datamodule.split_dataloader(cfg.split), device)
 
@@ -123,5 +113,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mobilenet_pl.eval`` and the ``mobilenet-pl-eval`` console script."""
+    return run_tool("eval", run, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Cost report: ``python -m mobilenet_pl.profile model=v1 width=0.5 resolution=160``.
 
 Prints parameters and mult-adds in total and per layer type (the V1 paper's Table 2), and the
-depthwise-separable vs standard-convolution comparison. ``paper`` prints every published cost next to
+depthwise-separable vs standard-convolution comparison. ``paper=true`` prints every published cost next to
 ours instead; ``json=true`` prints machine-readable output.
 """
 
@@ -12,27 +12,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from mobilenet_pl.cli import cli_args, parse_overrides, to_bool, to_number
+from omegaconf import DictConfig
+
+from mobilenet_pl.config import check_values
 from mobilenet_pl.models import create_model
 from mobilenet_pl.models.cost import PAPER_COSTS, measure_cost
 from mobilenet_pl.models.factory import resolve_model_name
-
-USAGE = """usage: python -m mobilenet_pl.profile [model=v1|v2] [width=1.0] [resolution=224] [num_classes=1000]
-                                      [small_input=false] [json=false]
-       python -m mobilenet_pl.profile paper      # every published cost of both papers beside ours
-
-Counts parameters and mult-adds (torch FlopCounterMode) per layer type, as in the MobileNetV1 paper's
-Table 2, and compares the depthwise separable layers with standard 3x3 convolutions (1/N + 1/Dk^2)."""
-
-DEFAULTS: dict[str, str] = {
-    "model": "v2",
-    "width": "1.0",
-    "resolution": "224",
-    "num_classes": "1000",
-    "small_input": "false",
-    "json": "false",
-}
-
+from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
+from mobilenet_pl.tool import run_tool
 
 PAPER_GRID = [("mobilenet_v1", w, r) for w in (1.0, 0.75, 0.5, 0.25) for r in (224, 192, 160, 128)] + [
     ("mobilenet_v2", w, 224) for w in (0.35, 0.5, 0.75, 1.0, 1.4)
@@ -52,32 +39,24 @@ def paper_table() -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = cli_args(argv, USAGE)
-    if args is None:
-        return 0
-    try:
-        if args == ["paper"]:
-            print(paper_table())
-            return 0
-        opts = parse_overrides(args, DEFAULTS)
-        name = resolve_model_name(opts["model"])
-        width = to_number("width", opts["width"], float, 0, inclusive=False)
-        resolution = int(to_number("resolution", opts["resolution"], int, 32))
-        num_classes = int(to_number("num_classes", opts["num_classes"], int, 0))
-        model = create_model(
-            name, width=width, num_classes=num_classes, small_input=to_bool("small_input", opts["small_input"])
-        )
-        report = measure_cost(model, resolution)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if to_bool("json", opts["json"]):
-        print(json.dumps({"model": name, "width": width, **asdict(report)}, indent=2))
+def profile(cfg: DictConfig) -> None:
+    if cfg.paper:
+        print(paper_table())
+        return
+    check_values(cfg, {"resolution": MIN_INPUT_SIZE, "num_classes": 0}, positive=("width",))
+    name = resolve_model_name(cfg.model.name)
+    model = create_model(name, width=cfg.width, num_classes=cfg.num_classes, small_input=bool(cfg.model.small_input))
+    report = measure_cost(model, cfg.resolution)
+    if cfg.json:
+        print(json.dumps({"model": name, "width": cfg.width, **asdict(report)}, indent=2))
     else:
-        print(f"{name} width {width:g}, {num_classes} classes")
+        print(f"{name} width {cfg.width:g}, {cfg.num_classes} classes")
         print(report.format())
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mobilenet_pl.profile`` and the ``mobilenet-pl-profile`` console script."""
+    return run_tool("profile", profile, argv)
 
 
 if __name__ == "__main__":

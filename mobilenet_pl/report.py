@@ -1,4 +1,4 @@
-"""Sweep report: ``python -m mobilenet_pl.report SWEEP_DIR``.
+"""Sweep report: ``python -m mobilenet_pl.report sweep_dir=PATH``.
 
 Reads every job's ``results.json`` under a multirun dir and writes ``summary.csv`` (one row per job)
 and ``tradeoff.png`` (accuracy vs mult-adds, one labelled point per job: the papers' Figures 4 and 5
@@ -16,8 +16,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mobilenet_pl.errors import ConfigError
 from mobilenet_pl.plots import _pyplot
 from mobilenet_pl.results import RESULTS_FILE, read_results
+from mobilenet_pl.tool import run_tool
 
 COLUMNS = [
     "job",
@@ -136,23 +138,20 @@ class SweepSummary(Callback):
             print(f"sweep summary: {written[0]}\ntrade-off plot: {written[1]}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or args[0] in ("-h", "--help"):
-        print(__doc__.strip().splitlines()[0].replace("Sweep report: ", "usage: "))
-        print("Writes SWEEP_DIR/summary.csv and SWEEP_DIR/tradeoff.png from the jobs' results.json files.")
-        return 0 if args and args[0] in ("-h", "--help") else 2
-    sweep_dir = Path(args[0])
+def report(cfg: DictConfig) -> None:
+    sweep_dir = Path(cfg.sweep_dir).expanduser()
     if not sweep_dir.is_dir():
-        print(f"error: SWEEP_DIR={args[0]!r} is not a folder", file=sys.stderr)
-        return 2
+        raise ConfigError(f"sweep_dir={cfg.sweep_dir!r} is not a folder")
     written = write_report(sweep_dir)
     if written is None:
-        print(f"error: no {RESULTS_FILE} under {args[0]!r} (did any job finish?)", file=sys.stderr)
-        return 2
+        raise ConfigError(f"sweep_dir={cfg.sweep_dir!r} holds no {RESULTS_FILE} (did any job finish?)")
     print(format_rows(collect(sweep_dir)))
     print(f"summary: {written[0]}\nplot: {written[1]}")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mobilenet_pl.report`` and the ``mobilenet-pl-report`` console script."""
+    return run_tool("report", report, argv)
 
 
 if __name__ == "__main__":

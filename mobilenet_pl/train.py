@@ -17,58 +17,33 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from mobilenet_pl.config import ConfigError, config_dir, register_schema, validate
-from mobilenet_pl.lit.callbacks import NonFiniteLossError, Throughput
-from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
+from mobilenet_pl.config import validate
+from mobilenet_pl.lit.callbacks import Throughput
+from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.lit.data import ImageDataModule
 from mobilenet_pl.models.cost import count_madds
 from mobilenet_pl.results import format_summary, write_results
+from mobilenet_pl.tool import run_tool
 
 log = logging.getLogger("mobilenet_pl")
-register_schema()
 
 # Set by a DDP job for the ranks Lightning launches: the job's resolved config and run dir.
 DDP_JOB_ENV = "MOBILENET_PL_DDP_JOB"
 # What Lightning's launcher leaves in os.environ; a later job of the same multirun must start clean.
 _LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", DDP_JOB_ENV)
-
-
-@contextlib.contextmanager
-def reported_errors() -> Iterator[None]:
-    """Bad input becomes one ``error:`` line and exit status 2 (HYDRA_FULL_ERROR=1 shows the traceback)."""
-    try:
-        yield
-    except (
-        ConfigError,
-        InstantiationException,
-        ValueError,
-        FileNotFoundError,
-        NonFiniteLossError,
-        CheckpointWriteError,
-    ) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-        message = str(cause).strip()
-        if isinstance(err, InstantiationException) and not isinstance(
-            cause, (ValueError, FileNotFoundError, RuntimeError)
-        ):
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> MobileNetClassifier:
@@ -100,22 +75,24 @@ def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> MobileNetClass
 def build_callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> dict[str, L.Callback]:
     callbacks = {}
     for name, conf in (cfg.callbacks or {}).items():
-        if name == "lr_monitor" and not with_logger:
+        callback = instantiate(conf)
+        if isinstance(callback, LearningRateMonitor) and not with_logger:
             continue  # LearningRateMonitor refuses to run without a logger
-        is_checkpoint = str(conf.get("_target_", "")).endswith("ModelCheckpoint")
-        extra = {"dirpath": str(run_dir / "checkpoints")} if is_checkpoint else {}
-        callbacks[name] = instantiate(conf, **extra)
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            callback.dirpath = str(run_dir / "checkpoints")  # checkpoints live in the run dir
+        callbacks[name] = callback
     return callbacks
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, wandb_group: str | None) -> Any:
     if not cfg.logger or "_target_" not in cfg.logger:
         return None
-    if cfg.logger._target_.endswith("wandb_logger"):
-        logger = instantiate(cfg.logger, save_dir=str(run_dir), group=wandb_group)
+    # a logger config with a ``group`` key (W&B) groups the jobs of one sweep
+    extra = {"group": wandb_group} if wandb_group is not None and "group" in cfg.logger else {}
+    logger = instantiate(cfg.logger, save_dir=str(run_dir), **extra)
+    if isinstance(logger, WandbLogger):
         logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})  # the resolved config
-        return logger
-    return instantiate(cfg.logger, save_dir=str(run_dir))
+    return logger
 
 
 def collect_results(
@@ -220,7 +197,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
             save_confusion_matrix(
                 module.test_confusion, module.hparams["class_names"] or [], run_dir / "confusion_matrix.png"
             )
-        if logger is not None and hasattr(logger, "resolved_mode"):
+        if isinstance(logger, WandbLogger):
             from mobilenet_pl.tracking import finish
 
             results["wandb_sync"] = finish(logger)
@@ -229,19 +206,17 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     return results
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def hydra_main(cfg: DictConfig) -> float | None:
+def hydra_job(cfg: DictConfig) -> float | None:
     """One Hydra job; returns best val top-1 so sweepers (Optuna) can optimise it."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     # jobs of one sweep share a W&B group named after the sweep dir; each job is its own W&B run
     group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
-    with reported_errors(), ddp_job_scope(cfg, run_dir):
+    with ddp_job_scope(cfg, run_dir):
         return train(cfg, run_dir, group)["metrics"].get("val/acc1")
-    return None
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mobilenet_pl.train`` and the ``mobilenet-pl-train`` console script."""
     job_file = os.environ.get(DDP_JOB_ENV)
     if job_file and int(os.environ.get("LOCAL_RANK", "0")) > 0:
@@ -249,9 +224,9 @@ def main() -> None:
         cfg = OmegaConf.load(job_file)
         assert isinstance(cfg, DictConfig)
         train(cfg, Path(job_file).parent)
-        return
-    hydra_main()
+        return 0
+    return run_tool("train", hydra_job, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,9 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from mobilenet_pl.config import config_dir, register_schema
+from mobilenet_pl.config import config_dir, register_schemas
 
-register_schema()
+register_schemas()
 CONF = Path(config_dir())
 # keep runs tiny: a couple of batches per stage
 FAST = [

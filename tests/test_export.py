@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -13,16 +14,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mobilenet_pl import create_model
-from mobilenet_pl.export import (
+from mobilenet_pl.deploy import (
     PARITY_TOLERANCE,
     check_parity,
     export_onnx,
     export_torchscript,
     fold_batchnorm,
-    main,
     ort_session,
     read_metadata,
 )
+from mobilenet_pl.export import main
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 
 pytest.importorskip("onnxruntime")
@@ -169,7 +170,7 @@ def test_cli_exports_checkpoint_with_parity(
     text = capsys.readouterr().out
     assert f"exported {out}" in text
     diff = float(text.split("max abs logit difference ")[1].split()[0])
-    assert diff <= PARITY_TOLERANCE and "ok" in text
+    assert diff <= PARITY_TOLERANCE
     meta = read_metadata(out)
     assert meta["class_names"] == ["w", "x", "y", "z"]
     assert meta["model"] == "mobilenet_v2" and meta["width"] == 0.25 and meta["resolution"] == 32
@@ -186,10 +187,12 @@ def test_cli_default_out_next_to_checkpoint(tiny_ckpt: Path, capsys: pytest.Capt
     ("args", "message"),
     [
         (["ckpt_path=/no/such/file.ckpt"], "ckpt_path='/no/such/file.ckpt': no such checkpoint file"),
-        (["format=onnx"], "ckpt_path=PATH is required"),
-        (["ckpt_path=x.ckpt", "format=tflite"], "format must be one of ['onnx', 'torchscript'], got 'tflite'"),
-        (["ckpt_path=x.ckpt", "opset=abc"], "opset must be a int >= 9, got 'abc'"),
-        (["fromat=onnx"], "unknown argument 'fromat=onnx'"),
+        (["format=onnx"], "Missing mandatory value: ckpt_path"),
+        (["ckpt_path=x.ckpt", "format=tflite"], "Invalid value 'tflite', expected one of [onnx, torchscript]"),
+        (["ckpt_path=x.ckpt", "opset=abc"], "opset=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+        (["ckpt_path=x.ckpt", "opset=7"], "opset=7 is not allowed: opset must be a whole number >= 9"),
+        (["ckpt_path=x.ckpt", "mean=0.5,0.5"], "Ambiguous value for argument 'mean=0.5,0.5'"),
+        (["fromat=onnx"], "Key 'fromat' not in 'ExportSchema'"),
     ],
 )
 def test_cli_bad_input_is_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -208,7 +211,8 @@ def test_cli_rejects_a_file_that_is_not_a_checkpoint(tmp_path: Path, capsys: pyt
 
 def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
-    assert "format=onnx|torchscript" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "onnx | torchscript" in text and "format: onnx" in text and "pip install 'mobilenet-pl[export]'" in text
 
 
 # -- INT8 -----------------------------------------------------------------------------------------------
@@ -217,8 +221,8 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_int8_quantization_agrees_with_fp32(tmp_path: Path) -> None:
     """A briefly trained digits model, quantized with calibration on held-out images: the int8 model's
     predictions match the fp32 model's on most test images (agreement, not speed, is asserted)."""
+    from mobilenet_pl.deploy import onnx_accuracy, quantize_onnx
     from mobilenet_pl.lit.data import DigitsDataModule
-    from mobilenet_pl.quantize import onnx_accuracy, quantize_onnx
 
     torch.manual_seed(0)
     datamodule = DigitsDataModule(resolution=32, batch_size=64, augment=False)
@@ -251,3 +255,20 @@ def test_int8_quantization_agrees_with_fp32(tmp_path: Path) -> None:
     assert (p32 == p8).mean() >= 0.75  # 0.86 measured on AVX2 (weak model: many near-ties)
     acc32, n = onnx_accuracy(fp32, datamodule.test_dataloader())
     assert n == len(datamodule.test_set) and acc32 > 0.5  # it did learn something
+
+
+def test_quantize_cli_reports_measured_ratios_without_verdicts(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mobilenet_pl.quantize import main as quantize_main
+
+    out = tmp_path / "tiny.int8.onnx"
+    args = ["data=fake", "data.num_classes=4", "calib_batches=1", "batch_size=8", "calls=2", "repeats=1"]
+    assert quantize_main([f"ckpt_path={tiny_ckpt}", *args, f"out={out}", "json=true"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert out.is_file() and (tmp_path / "tiny.onnx").is_file()
+    assert report["test_images"] == 64 and set(report["top1"]) == {"fp32", "int8"}
+    assert report["speedup"] > 0 and "goals" not in report  # goals are in docs/performance.md
+    assert read_metadata(out)["quantization"].startswith("int8 QDQ")
+    wrong = quantize_main([f"ckpt_path={tiny_ckpt}", "data=fake"])  # 10 classes, the checkpoint has 4
+    assert wrong == 2 and "the checkpoint expects 4 and 3" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -20,17 +21,25 @@ def test_profile_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["params"] == 3_504_872 and data["model"] == "mobilenet_v2"
 
 
+def test_profile_writes_nothing_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["model=v1", "width=0.25", "resolution=64"]) == 0
+    assert list(tmp_path.iterdir()) == []  # no outputs/, .hydra/ or log file
+
+
 @pytest.mark.parametrize(
     ("arg", "message"),
     [
-        ("width=-1", "width must be a float > 0, got '-1'"),
-        ("width=abc", "width must be a float > 0, got 'abc'"),
-        ("resolution=16", "resolution must be a int >= 32, got '16'"),
-        ("model=v3", "model='v3' is unknown"),
-        ("depth=2", "unknown argument 'depth=2'"),
+        ("width=-1", "width=-1.0 is not allowed: width must be a number > 0"),
+        ("width=abc", "width=abc: Value 'abc' of type 'str' could not be converted to Float"),
+        ("resolution=16", "resolution=16 is not allowed: resolution must be a whole number >= 32"),
+        ("model=v3", "Could not find 'model/v3'; available: v1, v2"),
+        ("depth=2", "Key 'depth' not in 'ProfileSchema'"),
     ],
 )
 def test_profile_bad_input_is_one_line(arg: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([arg]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert message in err and "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: ")

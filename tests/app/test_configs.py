@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import CONF, compose_train, make_image_folder
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mobilenet_pl.config import ConfigError, validate
+from mobilenet_pl.config import SCHEMAS, TOOLS, ConfigError, validate
 from mobilenet_pl.lit.optim import build_optimizer, build_scheduler
 from mobilenet_pl.train import build_module
 
@@ -170,3 +172,28 @@ def test_imagefolder_val_class_absent_from_train_is_refused(tmp_path: Path) -> N
     (root / "val" / "class_0" / "img_0.jpg").rename(root / "val" / "zebra" / "img_0.jpg")
     with pytest.raises(ValueError, match=r"val/ has classes absent from train/: \['zebra'\]"):
         ImageFolderDataModule(root=str(root), resolution=32).setup("fit")
+
+
+# -- every tool's config: one source of truth for defaults -------------------------------------------------
+
+REQUIRED = {"eval": {"ckpt_path"}, "export": {"ckpt_path"}, "quantize": {"ckpt_path"}, "report": {"sweep_dir"}}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tool_schema_has_no_defaults_and_yaml_sets_every_key(tool: str) -> None:
+    """The schema only types keys; conf/<tool>.yaml holds every default, so the two cannot disagree."""
+    schema = OmegaConf.structured(SCHEMAS[tool])
+    assert OmegaConf.missing_keys(schema) == set(schema.keys())  # no default in the dataclass
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(tool)
+    assert set(cfg.keys()) == set(schema.keys())
+    missing = {key.split(".")[0] for key in OmegaConf.missing_keys(cfg)}
+    assert missing == REQUIRED.get(tool, set()), f"conf/{tool}.yaml leaves {missing} unset"
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tool_yaml_rejects_unknown_keys(tool: str) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"), pytest.raises(Exception, match="nosuchkey"):
+        compose(tool, overrides=["nosuchkey=1"])

@@ -182,13 +182,13 @@ def test_sweep_writes_summary_and_tradeoff_plot(tmp_path: Path) -> None:
     assert (sweep / "tradeoff.png").stat().st_size > 10_000
     (sweep / "summary.csv").unlink()
     (sweep / "tradeoff.png").unlink()
-    assert report_main([str(sweep)]) == 0  # python -m mobilenet_pl.report regenerates both
+    assert report_main([f"sweep_dir={sweep}"]) == 0  # python -m mobilenet_pl.report regenerates both
     assert (sweep / "summary.csv").is_file() and (sweep / "tradeoff.png").is_file()
 
 
 def test_report_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert report_main([str(tmp_path / "missing")]) == 2
-    assert report_main([str(tmp_path)]) == 2
+    assert report_main([f"sweep_dir={tmp_path / 'missing'}"]) == 2
+    assert report_main([f"sweep_dir={tmp_path}"]) == 2
     assert "no results.json" in capsys.readouterr().err
 
 

@@ -1,0 +1,108 @@
+"""The one error boundary every entry point runs its work in.
+
+Bad input and expected failures (a wrong value, a missing file, an optional extra not installed, a
+failed check) print one ``error: ...`` line naming the key or file and exit with status 2. Anything else
+is a bug and keeps its traceback. ``HYDRA_FULL_ERROR=1`` shows the traceback of expected failures too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+
+EXIT_BAD_INPUT = 2
+# the optional extras of pyproject.toml, by the module that needs them
+EXTRA_OF_MODULE = {
+    "onnx": "export",
+    "onnxruntime": "export",
+    "onnxscript": "export",
+    "hydra_plugins.hydra_optuna_sweeper": "sweeps",
+    "hydra_plugins.hydra_submitit_launcher": "sweeps",
+}
+
+
+class ConfigError(ValueError):
+    """A config value outside what is allowed; the message names the key, the value and what is allowed."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the pip command that installs it."""
+
+
+class CheckFailedError(RuntimeError):
+    """A tool's own check failed (e.g. an export's outputs differ from eager PyTorch)."""
+
+
+def install_hint(module: str) -> str:
+    extra = EXTRA_OF_MODULE.get(module, EXTRA_OF_MODULE.get(module.split(".")[0]))
+    return f"pip install 'mobilenet-pl[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
+
+
+def require(module: str, needed_for: str) -> ModuleType:
+    """Import ``module``, or raise `MissingExtraError` naming the install command.
+
+    Example:
+        >>> require("math", "tests").__name__
+        'math'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingExtraError(f"{needed_for} needs {module.split('.')[0]}: {install_hint(module)}") from err
+
+
+def _expected(err: BaseException) -> BaseException | None:
+    """The exception to report in one line, or None when ``err`` is a bug (keep the traceback)."""
+    from hydra.errors import HydraException, InstantiationException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mobilenet_pl.lit.callbacks import NonFiniteLossError
+    from mobilenet_pl.lit.checkpoint_io import CheckpointWriteError
+
+    if isinstance(err, InstantiationException):  # a component refused its arguments: report the cause
+        cause = err.__cause__
+        return cause if isinstance(cause, (ValueError, FileNotFoundError, RuntimeError)) else None
+    expected = (
+        ValueError,  # ConfigError included
+        FileNotFoundError,
+        MissingExtraError,
+        CheckFailedError,
+        NonFiniteLossError,
+        CheckpointWriteError,
+        MissingConfigException,
+        HydraException,  # override parse and composition errors
+        OmegaConfBaseException,  # wrong type for a typed key, unknown key
+    )
+    return err if isinstance(err, expected) else None
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of a message, with what Hydra/OmegaConf put on later lines that the user needs."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    text = str(err).strip() or err.__class__.__name__
+    first = text.splitlines()[0]
+    if isinstance(err, MissingConfigException) and err.options:
+        first = f"{first}; available: {', '.join(sorted(err.options))}"
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():  # "Error merging override x=y": why
+        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
+    return first
+
+
+@contextlib.contextmanager
+def error_boundary() -> Iterator[None]:
+    """Expected failures become one ``error:`` line on stderr and exit status 2."""
+    try:
+        yield
+    except Exception as err:
+        reported = _expected(err)
+        if reported is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {one_line(reported)}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None

@@ -1,0 +1,96 @@
+"""How every entry point starts: Hydra parses ``key=value`` into the tool's typed config, the work runs
+inside the shared error boundary, and ``--help`` prints the tool's own page (conf/hydra/help/<tool>.yaml).
+
+Hydra reports its own errors (an unknown key, a value of the wrong type, a missing config option) in
+several lines and exits 1, before the task runs. So a plain run composes the config once with Hydra's
+compose API inside the error boundary first: the same errors then read as one ``error:`` line, exit 2.
+Runs with Hydra flags (``--help``, ``--cfg``, ``-m`` sweeps, ...) go to Hydra as they are.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from mobilenet_pl.config import config_dir, register_schemas
+from mobilenet_pl.errors import ConfigError, error_boundary, require
+
+# overrides that need a plugin from the ``sweeps`` extra
+PLUGIN_OF_OVERRIDE = {
+    "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/launcher=slurm": "hydra_plugins.hydra_submitit_launcher",
+}
+
+
+def _check_plugins(args: Sequence[str]) -> None:
+    for arg in args:
+        plugin = PLUGIN_OF_OVERRIDE.get(arg.lstrip("+~"))
+        if plugin:
+            require(plugin, arg)
+
+
+def _check_composes(name: str, args: Sequence[str]) -> None:
+    """Compose ``name`` with ``args`` as Hydra will, so bad overrides fail here, in the boundary."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            compose(name, overrides=list(args))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> int:
+    """Run ``task`` on the composed ``conf/<name>.yaml`` and ``argv`` (default: the command line).
+
+    Returns the exit status: 0, or 2 after one ``error:`` line (with ``argv=None``, a non-zero status
+    exits the process). Hydra's own commands (``--help``, ``--cfg job``, ``-m``) work as with any Hydra app.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    register_schemas()
+
+    def job(cfg: DictConfig) -> Any:
+        with error_boundary():
+            return task(cfg)
+
+    job.__module__ = f"mobilenet_pl.{name}"  # Hydra names the job (and its log file) after the module
+    app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=name)(job)
+    saved, status = sys.argv, 0
+    try:
+        with error_boundary():
+            _check_plugins(args)
+            if not any(arg.startswith("-") for arg in args):
+                _check_composes(name, args)
+        sys.argv = [f"mobilenet_pl.{name}", *args]
+        app()
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = saved
+    if status and argv is None:  # the real command line: exit even where the caller ignores the status
+        raise SystemExit(status)
+    return status
+
+
+def checkpoint_datamodule(data: DictConfig, hp: Mapping[str, Any], **overrides: Any) -> Any:
+    """The DataModule of ``data`` (a conf/data option), checked against a checkpoint's classes and channels."""
+    datamodule = instantiate(data, **overrides)
+    if datamodule.num_classes != hp["num_classes"] or datamodule.in_chans != hp["in_chans"]:
+        name = str(data._target_).rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"data={name} has {datamodule.num_classes} classes and {datamodule.in_chans} channels; "
+            f"the checkpoint expects {hp['num_classes']} and {hp['in_chans']}"
+        )
+    return datamodule
+
+
+def output_path(out: str | None, ckpt_path: str, suffix: str) -> Path:
+    """``out``, or the checkpoint's path with ``suffix`` (the export lands next to its checkpoint)."""
+    return Path(out).expanduser() if out else Path(ckpt_path).expanduser().with_suffix(suffix)
