@@ -37,6 +37,7 @@ from mobilenet_pl.lit.data import ImageDataModule
 from mobilenet_pl.models.cost import count_madds
 from mobilenet_pl.results import format_summary, write_results
 from mobilenet_pl.tool import run_tool
+from mobilenet_pl.tracking import TrackedWandbLogger
 
 log = logging.getLogger("mobilenet_pl")
 
@@ -191,17 +192,21 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
 
     results = collect_results(cfg, module, trainer, metrics, started, run_dir)
     if trainer.is_global_zero:
+        write_results(run_dir, results)  # first: a failing plot or W&B call can no longer lose the numbers
         if module.test_confusion is not None:
             from mobilenet_pl.plots import save_confusion_matrix
 
-            save_confusion_matrix(
-                module.test_confusion, module.hparams["class_names"] or [], run_dir / "confusion_matrix.png"
-            )
-        if isinstance(logger, WandbLogger):
+            try:
+                save_confusion_matrix(
+                    module.test_confusion, module.hparams["class_names"] or [], run_dir / "confusion_matrix.png"
+                )
+            except Exception as err:  # a figure is a convenience; results.json is already written
+                log.warning("could not draw confusion_matrix.png (%s: %s)", err.__class__.__name__, err)
+        if isinstance(logger, TrackedWandbLogger):
             from mobilenet_pl.tracking import finish
 
             results["wandb_sync"] = finish(logger)
-        write_results(run_dir, results)
+            write_results(run_dir, results)
         print(format_summary(results))
     return results
 
