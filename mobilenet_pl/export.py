@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from mobilenet_pl.config import ExportFormat, check_values
 from mobilenet_pl.deploy import PARITY_TOLERANCE, check_parity, export_onnx, export_torchscript, load_model
 from mobilenet_pl.errors import CheckFailedError, require
-from mobilenet_pl.models.factory import resolve_model_name
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
+from mobilenet_pl.models.registry import resolve_model_name
 from mobilenet_pl.tool import output_path, run_tool
 
 MIN_OPSET = 9

@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from mobilenet_pl.lit.data import IGNORE_INDEX
 from mobilenet_pl.lit.optim import build_optimizer, build_scheduler, check_config, preset, scaled_lr
 from mobilenet_pl.models import create_model
-from mobilenet_pl.models.checkpoint import model_hparams, upgrade_hparams
+from mobilenet_pl.models.hparams import model_hparams, upgrade_hparams
 
 # Restored from the checkpoint on resume (optimizer and scheduler state), so a new value would be ignored.
 RESUME_FIXED = ("optimizer", "scheduler", "scale_lr")

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from mobilenet_pl.models.checkpoint import is_our_checkpoint, lightning_weights, upgrade_hparams
+from mobilenet_pl.models.hparams import is_our_checkpoint, lightning_weights, upgrade_hparams
 from mobilenet_pl.models.specs import MOBILENET_V2
 
 Source = Literal["torchvision", "timm", "mobilenet_pl"]

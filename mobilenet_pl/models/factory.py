@@ -1,8 +1,7 @@
-"""Model registry and the keyword-only builders: everything is addressable by name (``"v2"``)."""
+"""The keyword-only builders, registered by name (``"v2"``) in `mobilenet_pl.models.registry`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypedDict, overload
 
@@ -10,13 +9,12 @@ from typing_extensions import Unpack
 
 from mobilenet_pl.models.layers import ActLayer
 from mobilenet_pl.models.mobilenet import MobileNet, MobileNetFeatures
+from mobilenet_pl.models.registry import _MODELS, register_model, resolve_model_name
 from mobilenet_pl.models.specs import MOBILENET_V1, MOBILENET_V2, ArchSpec
 
 Model = MobileNet | MobileNetFeatures
-_MODELS: dict[str, Callable[..., Model]] = {}
 # keywords that only concern the classifier, ignored with features_only=True (as timm does)
 CLASSIFIER_ONLY = ("num_classes", "dropout", "global_pool")
-_ALIASES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
 
 
 class BuildKwargs(TypedDict, total=False):
@@ -39,25 +37,6 @@ class ModelKwargs(BuildKwargs, total=False):
     """Keywords shared by every builder; see `MobileNet` and `MobileNetFeatures`."""
 
     features_only: bool
-
-
-def register_model(fn: Callable[..., Model]) -> Callable[..., Model]:
-    _MODELS[fn.__name__] = fn
-    return fn
-
-
-def list_models() -> list[str]:
-    """Names of the registered models (``create_model`` also takes the short aliases ``v1``, ``v2``)."""
-    return sorted(_MODELS)
-
-
-def resolve_model_name(name: str) -> str:
-    """Canonical registry name for ``name`` or an alias; ValueError listing the choices otherwise."""
-    canonical = _ALIASES.get(name, name)
-    if canonical not in _MODELS:
-        choices = sorted([*_MODELS, *_ALIASES])
-        raise ValueError(f"model={name!r} is unknown; choose one of {choices}")
-    return canonical
 
 
 # The overloads tell type checkers which sibling comes back: MobileNetFeatures only with features_only=True.
