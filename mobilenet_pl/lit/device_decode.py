@@ -17,6 +17,7 @@ device is named and its batch slot labelled ``IGNORE_INDEX``, which the loss and
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -262,10 +263,18 @@ class DeviceAugment:
             raise ValueError(f"resample must be 'auto', 'batched' or 'per_image', got {resample!r}")
         self.resolution, self.train, self.dtype, self.resample = resolution, train, dtype, resample
         self.scale, self.ratio = scale, ratio
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.generator = seed, torch.Generator()
+        self.set_epoch(0)
         # (x / 255 - mean) / std as one multiply-add
         self.gain = torch.tensor([1 / (255 * s) for s in std]).view(1, -1, 1, 1)
         self.bias = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)]).view(1, -1, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restart the crop/flip stream at a function of (seed, epoch), as ``DistributedSampler.set_epoch``
+        does for the order: a run resumed at an epoch boundary draws the crops an uninterrupted run draws."""
+        # the CPU generator keeps only 32 bits of its seed: hash (seed, epoch) into them
+        digest = hashlib.blake2b(f"{self.seed},{epoch}".encode(), digest_size=4).digest()
+        self.generator.manual_seed(int.from_bytes(digest, "big"))
 
     def decode(self, batch: EncodedBatch, device: torch.device) -> tuple[list[Tensor], Tensor]:
         """uint8 CHW images on ``device`` and the labels, with undecodable files' labels set to IGNORE_INDEX."""
