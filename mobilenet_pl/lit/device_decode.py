@@ -229,6 +229,24 @@ def pad_to_batch(images: list[Tensor]) -> Tensor:
     return padded
 
 
+def size_groups(sizes: list[tuple[int, int]], max_padded_pixels: int) -> list[list[int]]:
+    """Indices of ``sizes`` (height, width) in groups whose padded batch ``len x Hmax x Wmax`` stays within
+    ``max_padded_pixels`` (a group of one may exceed it). Small images are grouped first, so a few very
+    large photos (ImageNet has some of 4000 px) get groups of their own instead of inflating the padding
+    of the whole batch: 256 x 3 x 4000 x 3000 floats would be 37 GB."""
+    groups: list[list[int]] = []
+    hmax = wmax = 0
+    for i in sorted(range(len(sizes)), key=lambda i: sizes[i][0] * sizes[i][1]):
+        h, w = max(hmax, sizes[i][0]), max(wmax, sizes[i][1])
+        if groups and (len(groups[-1]) + 1) * h * w <= max_padded_pixels:
+            groups[-1].append(i)
+            hmax, wmax = h, w
+        else:
+            groups.append([i])
+            hmax, wmax = sizes[i]
+    return groups
+
+
 class DeviceAugment:
     """Decode an :class:`EncodedBatch` on the batch's device and crop, flip and normalise it, batched.
 
@@ -239,7 +257,8 @@ class DeviceAugment:
     ``resample="batched"`` (``"auto"`` on CUDA) resamples all crops with one ``roi_align(aligned=True)``
     (pixel centres at +0.5, like ``align_corners=False``) over the batch padded into one tensor, with an
     adaptive number of bilinear samples per output pixel (``ceil(box size / resolution)`` per axis): it
-    averages over the source pixels a downscale covers, antialiasing close to PIL's. ``"per_image"``
+    averages over the source pixels a downscale covers, antialiasing close to PIL's. Batches whose padding
+    would exceed ``max_padded_pixels`` (default 2**26: 768 MB as float32) are split by :func:`size_groups`. ``"per_image"``
     (``"auto"`` on CPU) loops torchvision's antialiased uint8 ``resized_crop`` / ``resize`` + ``center_crop``,
     which is about 10x faster than ``roi_align`` on a CPU, where a loop costs no kernel launches.
 
@@ -258,10 +277,12 @@ class DeviceAugment:
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         resample: str = "auto",
+        max_padded_pixels: int = 2**26,
     ) -> None:
         if resample not in ("auto", "batched", "per_image"):
             raise ValueError(f"resample must be 'auto', 'batched' or 'per_image', got {resample!r}")
         self.resolution, self.train, self.dtype, self.resample = resolution, train, dtype, resample
+        self.max_padded_pixels = max_padded_pixels
         self.scale, self.ratio = scale, ratio
         self.seed, self.generator = seed, torch.Generator()
         self.set_epoch(0)
@@ -333,10 +354,13 @@ class DeviceAugment:
         return out.to(self.dtype).contiguous(memory_format=torch.channels_last), labels
 
     def _roi_align(self, images: list[Tensor], boxes: Tensor) -> Tensor:
-        padded = pad_to_batch(images).float()
-        rois = torch.cat([torch.arange(len(images), dtype=torch.float64)[:, None], boxes], dim=1)
-        rois = rois.to(padded.device, torch.float32)
-        return roi_align(padded, rois, self.resolution, sampling_ratio=-1, aligned=True)
+        out = images[0].new_empty(len(images), images[0].shape[0], self.resolution, self.resolution, dtype=torch.float)
+        for group in size_groups([(image.shape[-2], image.shape[-1]) for image in images], self.max_padded_pixels):
+            padded = pad_to_batch([images[i] for i in group]).float()
+            rois = torch.cat([torch.arange(len(group), dtype=torch.float64)[:, None], boxes[group]], dim=1)
+            rois = rois.to(padded.device, torch.float32)
+            out[group] = roi_align(padded, rois, self.resolution, sampling_ratio=-1, aligned=True)
+        return out
 
     def _per_image(self, images: list[Tensor], boxes: Tensor) -> Tensor:
         size = [self.resolution, self.resolution]

@@ -28,6 +28,7 @@ from mobilenet_pl.lit.device_decode import (
     device_decodable,
     random_resized_boxes,
     read_encoded,
+    size_groups,
 )
 
 
@@ -191,6 +192,18 @@ def test_batched_and_per_image_training_crops_agree(folder: Path) -> None:
     batched, _ = DeviceAugment(96, train=True, resample="batched", seed=5)(batch)
     looped, _ = DeviceAugment(96, train=True, resample="per_image", seed=5)(batch)
     assert (batched - looped).abs().mean() < 0.03  # same boxes and flips; only the resampling differs
+
+
+def test_large_images_get_groups_of_their_own_with_identical_crops(folder: Path) -> None:
+    sizes = [(300, 400), (4000, 3000), (310, 420), (480, 360), (3000, 4000)]
+    groups = size_groups(sizes, 3 * 480 * 420)
+    assert sorted(i for group in groups for i in group) == [0, 1, 2, 3, 4]
+    assert [0, 2, 3] in groups and [1] in groups and [4] in groups  # the two giants don't pad the others
+    batch = _batch([*_rgb_jpegs(folder), *sorted((folder / "c2").iterdir())])
+    for train in (True, False):
+        whole, _ = DeviceAugment(64, train=train, resample="batched", seed=2)(batch)
+        split, _ = DeviceAugment(64, train=train, resample="batched", seed=2, max_padded_pixels=2 * 500 * 500)(batch)
+        assert torch.equal(whole, split)  # padding never reaches a crop: grouping changes nothing
 
 
 def test_deterministic_under_a_seed(folder: Path) -> None:
