@@ -293,6 +293,7 @@ class DeviceAugment:
     def set_epoch(self, epoch: int) -> None:
         """Restart the crop/flip stream at a function of (seed, epoch), as ``DistributedSampler.set_epoch``
         does for the order: a run resumed at an epoch boundary draws the crops an uninterrupted run draws."""
+        self.epoch = epoch
         # the CPU generator keeps only 32 bits of its seed: hash (seed, epoch) into them
         digest = hashlib.blake2b(f"{self.seed},{epoch}".encode(), digest_size=4).digest()
         self.generator.manual_seed(int.from_bytes(digest, "big"))
