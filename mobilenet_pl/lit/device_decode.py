@@ -4,8 +4,9 @@ DataLoader workers only read file bytes: :class:`EncodedImageFolder` returns ``(
 and :func:`collate_encoded` stacks a batch into an :class:`EncodedBatch` (a list of variable-length byte
 tensors, because JPEGs differ in length, plus a label tensor). After Lightning moves the batch,
 :class:`DeviceAugment` decodes all JPEGs in one ``torchvision.io.decode_jpeg(list, device=...)`` call
-(nvJPEG on CUDA, libjpeg-turbo on CPU), crops and resizes the whole batch with one
-``torchvision.ops.roi_align`` and normalises, giving what ``pil_transforms`` gives, channels_last.
+(nvJPEG on CUDA, libjpeg-turbo on CPU), crops and resizes the whole batch (one
+``torchvision.ops.roi_align`` on a GPU, torchvision's uint8 resize per image on a CPU), flips and
+normalises, giving what ``pil_transforms`` gives, channels_last. See docs/device_decode.md.
 
 Files the device decoder cannot take (PNG and other formats, grayscale or CMYK JPEGs, 12-bit,
 lossless or arithmetic-coded JPEGs, files without an end marker) are decoded in the worker with PIL, as
