@@ -173,12 +173,13 @@ class Throughput(L.Callback):
             self._open(pl_module)  # warm-up over: time from here
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.training:  # validation runs inside the training epoch: stop the clock for it
+        # validation inside fit (trainer.training is False meanwhile): stop the clock for it
+        if trainer.state.fn == "fit":
             self._close(pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         warm = self.warmup_steps is not None and self._steps_seen >= self.warmup_steps
-        if trainer.training and not trainer.sanity_checking and warm:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and warm:
             self._open(pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

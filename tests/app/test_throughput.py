@@ -30,9 +30,14 @@ class FakeClock:
         return self.now
 
 
-def _trainer(batches: int, world_size: int = 2, training: bool = True) -> Any:
+def _trainer(batches: int, world_size: int = 2) -> Any:
+    # as in Lightning: during a validation inside fit, trainer.training is False and state.fn is "fit"
     return SimpleNamespace(
-        num_training_batches=batches, world_size=world_size, training=training, sanity_checking=False
+        num_training_batches=batches,
+        world_size=world_size,
+        training=False,
+        sanity_checking=False,
+        state=SimpleNamespace(fn="fit"),
     )
 
 
@@ -122,20 +127,40 @@ class Linear(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(module: L.LightningModule, loader: Any, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
+def _fit(
+    module: L.LightningModule, loader: Any, callbacks: list[L.Callback], val_dataloaders: Any = None, **kwargs: Any
+) -> L.Trainer:
+    options = {"num_sanity_val_steps": 0, "limit_val_batches": 0, **kwargs}
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=1,
         enable_checkpointing=False,
         enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         callbacks=callbacks,
-        **kwargs,
+        **options,
     )
     with redirect_stderr(io.StringIO()):  # the progress bar
-        trainer.fit(module, train_dataloaders=loader)
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_dataloaders)
     return trainer
+
+
+def test_validation_is_not_timed_in_a_real_fit() -> None:
+    cb = Throughput()
+    module = Linear()
+    module.validation_step = lambda batch, batch_idx: None  # type: ignore[method-assign]
+    val = DataLoader(SlowData(8, delay=0.1), batch_size=4)  # 0.8 s of validation per epoch
+    _fit(
+        module,
+        DataLoader(SlowData(64, delay=0.0), batch_size=4),
+        [cb],
+        val_dataloaders=val,
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=None,
+        num_sanity_val_steps=2,
+    )
+    assert cb.images == (16 - 5) * 4
+    assert cb.seconds < 0.4  # 11 steps of an 8->2 linear layer; the validation's 0.8 s are not in it
 
 
 def test_a_slow_loader_shows_as_data_wait_in_a_real_fit() -> None:
