@@ -65,7 +65,7 @@ def _wait_note(results: dict[str, Any]) -> str:
     if not isinstance(wait, (int, float)):
         return ""
     warmup = results.get("train_warmup_steps")
-    after = f" after {warmup} warm-up steps" if isinstance(warmup, int) else ""
+    after = f" after {warmup} warm-up step{'' if warmup == 1 else 's'}" if isinstance(warmup, int) else ""
     return f"{after}, {100 * wait:.0f}% of it waiting for data"
 
 
