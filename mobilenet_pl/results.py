@@ -47,6 +47,28 @@ def read_results(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+INPUT_BOUND_WAIT = 0.2  # above this share of step time spent waiting for batches, a run is input-bound
+INPUT_BOUND_ADVICE = (
+    "input-bound  training waited for batches: raise data.num_workers, decode image folders on the "
+    "accelerator (data.decode_on=device), or use lighter augmentation"
+)
+
+
+def input_bound(results: dict[str, Any]) -> bool:
+    """Whether training spent more than `INPUT_BOUND_WAIT` of its timed step time waiting for data."""
+    wait = results.get("data_wait_fraction")
+    return isinstance(wait, (int, float)) and wait > INPUT_BOUND_WAIT
+
+
+def _wait_note(results: dict[str, Any]) -> str:
+    wait = results.get("data_wait_fraction")
+    if not isinstance(wait, (int, float)):
+        return ""
+    warmup = results.get("train_warmup_steps")
+    after = f" after {warmup} warm-up step{'' if warmup == 1 else 's'}" if isinstance(warmup, int) else ""
+    return f"{after}, {100 * wait:.0f}% of it waiting for data"
+
+
 def format_summary(results: dict[str, Any]) -> str:
     """The few lines printed at the end of a run."""
     m = results["metrics"]
@@ -60,13 +82,16 @@ def format_summary(results: dict[str, Any]) -> str:
         f"{results['params'] / 1e6:.3f} M params, {results['madds'] / 1e6:.1f} M mult-adds",
         f"best val     top-1 {pct('val/acc1')}  top-5 {pct('val/acc5')}",
         f"test         top-1 {pct('test/acc1')}  top-5 {pct('test/acc5')}  on {results['test_samples']} images",
-        f"throughput   {results.get('train_images_per_s', 0):.0f} train images/s; wall time {results['wall_time_s']:.0f} s",
+        f"throughput   {results.get('train_images_per_s', 0):.0f} train images/s{_wait_note(results)}; "
+        f"wall time {results['wall_time_s']:.0f} s",
         f"checkpoint   {results['checkpoint']}",
         f"run dir      {results['run_dir']}",
     ]
     skipped = results.get("skipped_images") or {}
     if any(skipped.values()):
         lines.append("unreadable   " + ", ".join(f"{split} {n}" for split, n in skipped.items()) + " (logged above)")
+    if input_bound(results):
+        lines.append(INPUT_BOUND_ADVICE)
     if results.get("wandb_sync"):
         lines.append(f"W&B offline  sync later with: {results['wandb_sync']}")
     return "\n".join(lines)

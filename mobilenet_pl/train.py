@@ -127,6 +127,8 @@ def collect_results(
         "last_checkpoint": str(last) if last and last.is_file() else None,
         "epochs": trainer.current_epoch,
         "train_images_per_s": getattr(throughput, "images_per_sec", 0.0),
+        "data_wait_fraction": getattr(throughput, "data_wait_fraction", None),
+        "train_warmup_steps": getattr(throughput, "warmup_steps", None),
         "wall_time_s": time.perf_counter() - started,
         "seed": cfg.seed,
         "run_dir": str(run_dir),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import time
@@ -139,46 +140,109 @@ class StopOnNonFiniteLoss(L.Callback):
 
 
 class Throughput(L.Callback):
-    """Training images per second over all epochs (all ranks together), excluding validation.
+    """Steady-state training images per second (all ranks together) and the share of it spent waiting for data.
+
+    The first ``warmup_steps`` batches of the fit are not timed: ``max(min_warmup_steps, warmup_fraction x
+    the first epoch's batches)``, capped so at least one batch of the first epoch is timed. Those batches
+    carry start-up costs (DataLoader workers, cuDNN autotuning, ``torch.compile``, allocator growth) that
+    would make a short run look slow. Validation and what follows the last batch of an epoch (checkpoints)
+    are not timed either; the DataLoader's start at each later epoch is, since it recurs.
+
+    ``data_wait_fraction`` is the timed share spent between one batch's ``on_train_batch_end`` and the next
+    batch's ``on_train_batch_start``: fetching it from the DataLoader, the copy to the device and
+    ``on_after_batch_transfer``. A high share means the run is input-bound.
+
+    The clock is read on the host. On an accelerator the steps run asynchronously, so the device is
+    synchronised at the edges of each timed stretch only (never per step); the per-batch wait is then the
+    time the host was blocked on the input pipeline, which is when the device starves.
 
     Kept instead of ``lightning.pytorch.callbacks.ThroughputMonitor``: observed with lightning 2.6.6,
     that callback reports a rate only once its window (``window_size=100`` batches) is full -- after an
     8-batch fit ``Throughput.compute()`` has no ``samples_per_sec`` at all -- sends it only to loggers
-    (nothing in ``trainer.callback_metrics`` or a public attribute for ``results.json``), and measures
-    the last window, not the whole run.
+    (nothing in ``trainer.callback_metrics`` or a public attribute for ``results.json``), measures the
+    last window, not the whole run, and has no data-wait share.
     """
 
-    def __init__(self) -> None:
-        self.images = 0
-        self.seconds = 0.0
-        self._start: float | None = None
+    def __init__(self, min_warmup_steps: int = 5, warmup_fraction: float = 0.1) -> None:
+        self.min_warmup_steps = max(0, min_warmup_steps)
+        self.warmup_fraction = warmup_fraction
+        self.warmup_steps: int | None = None  # decided when the first epoch's length is known
+        self.images = 0  # timed images, all ranks
+        self.seconds = 0.0  # timed wall time
+        self.wait_seconds = 0.0  # of which waiting for the next batch
+        self._steps_seen = 0
+        self._mark: float | None = None  # end of the last timed event; None while the clock is stopped
+        self._opened = 0.0  # start of the current timed stretch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
+        if self.warmup_steps is None:
+            self.warmup_steps = self._warmup(trainer.num_training_batches)
+        if self._steps_seen >= self.warmup_steps:
+            self._open(pl_module)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._mark is not None:
+            self.wait_seconds += time.perf_counter() - self._mark
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.images += len(batch[1]) * trainer.world_size
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._start is not None:
-            self.seconds += time.perf_counter() - self._start
-            self._start = None
+        self._steps_seen += 1
+        if self._mark is not None:
+            self.images += len(batch[1]) * trainer.world_size
+            self._mark = time.perf_counter()
+        elif self.warmup_steps is not None and self._steps_seen == self.warmup_steps:
+            self._open(pl_module)  # warm-up over: time from here
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # validation runs inside the training epoch: stop the clock for it
-        if self._start is not None and trainer.training:
-            self.seconds += time.perf_counter() - self._start
-            self._start = None
+        # validation inside fit (trainer.training is False meanwhile): stop the clock for it
+        if trainer.state.fn == "fit":
+            self._close(pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.training and self._start is None and not trainer.sanity_checking:
-            self._start = time.perf_counter()
+        warm = self.warmup_steps is not None and self._steps_seen >= self.warmup_steps
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and warm:
+            self._open(pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close(pl_module)
+
+    def _warmup(self, first_epoch_batches: float) -> int:
+        if not math.isfinite(first_epoch_batches):
+            return self.min_warmup_steps
+        batches = int(first_epoch_batches)
+        wanted = max(self.min_warmup_steps, math.ceil(self.warmup_fraction * batches))
+        return max(0, min(wanted, batches - 1))
+
+    def _open(self, pl_module: L.LightningModule) -> None:
+        _synchronize(pl_module.device)
+        self._opened = self._mark = time.perf_counter()
+
+    def _close(self, pl_module: L.LightningModule) -> None:
+        if self._mark is None:
+            return
+        # timed: up to the last batch's end (not the epoch's tail or a validation's start), plus however
+        # long the device still needs for the steps queued by then
+        before = time.perf_counter()
+        _synchronize(pl_module.device)
+        self.seconds += self._mark - self._opened + time.perf_counter() - before
+        self._mark = None
 
     @property
     def images_per_sec(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def data_wait_fraction(self) -> float:
+        return self.wait_seconds / self.seconds if self.seconds else 0.0
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a CUDA device (the host clock would otherwise stop too early)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device)
 
 
 class WandbTestReport(L.Callback):

@@ -130,6 +130,8 @@ class MobileNetClassifier(L.LightningModule):
         self.test_confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
         self.test_confusion: Tensor | None = None  # filled at the end of a test epoch
         self._compiled: Any = None
+        self._loss_sum: Tensor | None = None  # training loss summed on the device since the bar's last update
+        self._loss_steps = 0
 
     # -- forward -------------------------------------------------------------------------------------------
     def _net(self) -> nn.Sequential:
@@ -173,8 +175,28 @@ class MobileNetClassifier(L.LightningModule):
             loss = self.soft_target_loss(self(x), soft)
         else:
             loss = F.cross_entropy(self(x), y, label_smoothing=self.hparams["label_smoothing"])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        # loggers read the step value only every trainer.log_every_n_steps steps; the epoch mean accumulates
+        # on the device. Not prog_bar: Lightning converts per-step bar values to numbers after every step,
+        # a host-device sync per step on a GPU. The bar gets `_bar_loss` instead.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(y))
+        self._bar_loss(loss)
         return loss
+
+    def _bar_loss(self, loss: Tensor) -> None:
+        """Show the mean training loss of the last N steps (N = ``trainer.log_every_n_steps``) in the
+        progress bar: summed on the device and read back once per N steps, as a CPU tensor that the bar
+        can read every step for free."""
+        loss = loss.detach()
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        self._loss_steps += 1
+        every = max(1, int(getattr(self._trainer, "log_every_n_steps", 1) or 1))
+        if self._loss_steps >= every:
+            mean = (self._loss_sum / self._loss_steps).float().cpu()
+            self.log("loss", mean, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+            self._loss_sum, self._loss_steps = None, 0
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._loss_steps = None, 0
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
