@@ -15,6 +15,7 @@ from helpers import FAST, compose_train, make_image_folder, run_cli
 from PIL import Image
 
 from mobilenet_pl.lit import device_decode
+from mobilenet_pl.lit.callbacks import WandbTestReport
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.lit.data import ImageFolderDataModule
 from mobilenet_pl.train import train
@@ -55,7 +56,11 @@ def _test_metrics(ckpt: str, root: Path, decode_on: str) -> dict[str, float]:
     module = MobileNetClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     datamodule = ImageFolderDataModule(root=str(root), resolution=32, batch_size=4, decode_on=decode_on)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    return {key: float(value) for key, value in trainer.test(module, datamodule=datamodule, verbose=False)[0].items()}
+    metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    # the W&B report reads test_dataloader() itself, outside Lightning's batch hooks
+    pixels, captions = WandbTestReport(num_samples=3)._samples(trainer, module, ["a", "b"])
+    assert len(captions) == 3 and pixels[0].shape == (32, 32, 3), decode_on
+    return {key: float(value) for key, value in metrics.items()}
 
 
 def test_workers_and_device_evaluate_a_checkpoint_alike(run_dir: Path, tmp_path: Path) -> None:
