@@ -11,7 +11,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, compose_train, make_image_folder, run_cli
+from helpers import FAST, compose_train, make_image_folder, run_cli, run_ok
 from PIL import Image
 
 from mobilenet_pl.lit import device_decode
@@ -72,6 +72,12 @@ def test_workers_and_device_evaluate_a_checkpoint_alike(run_dir: Path, tmp_path:
     # the device path's resize differs from PIL's by about 0.01 per pixel (tests/lit/test_device_decode.py)
     for key in workers:
         assert device[key] == pytest.approx(workers[key], rel=0.05, abs=0.02), key
+    # the eval tool has no Trainer: decode_on=device reads like workers, and evaluates the same images
+    args = [f"ckpt_path={ckpt}", "data=imagefolder", f"data.root={root}", "data.decode_on=device", "split=test"]
+    run_ok("mobilenet_pl.eval", *args, "batch_size=4", cwd=tmp_path)
+    evaluated = json.loads(next(tmp_path.glob("outputs/eval/*/*/results.json")).read_text())
+    assert evaluated["test_samples"] == 7
+    assert evaluated["metrics"]["test/acc1"] == pytest.approx(workers["test/acc1"], abs=1e-6)
     # a model after two steps barely looks at its input: compare the evaluation batches themselves too
     batches = {}
     for decode_on in ("workers", "device"):
