@@ -19,7 +19,6 @@ from scipy.stats import ks_2samp
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 
-from mobilenet_pl.lit.images import UnreadableImage
 from mobilenet_pl.lit.data import IGNORE_INDEX, CorruptImageError, EvalShard, ImageFolderSplit, pil_transforms
 from mobilenet_pl.lit.device_decode import (
     DeviceAugment,
@@ -30,6 +29,7 @@ from mobilenet_pl.lit.device_decode import (
     read_encoded,
     size_groups,
 )
+from mobilenet_pl.lit.images import UnreadableImage
 
 
 def _texture(seed: int, height: int, width: int, cell: int = 8) -> Image.Image:
