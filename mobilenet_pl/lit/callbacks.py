@@ -279,10 +279,12 @@ class WandbTestReport(L.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is None:
             return [], []
-        x, y = next(iter(datamodule.test_dataloader()))
-        x, y = x[: self.num_samples], y[: self.num_samples]
+        batch = pl_module.transfer_batch_to_device(next(iter(datamodule.test_dataloader())), pl_module.device, 0)
+        x, y = datamodule.on_after_batch_transfer(batch, 0)  # decodes there with data.decode_on=device
+        x, y = x[: self.num_samples], y[: self.num_samples].cpu()
         with torch.no_grad():
-            pred = pl_module.eval_forward(x.to(pl_module.device)).argmax(-1).cpu()  # type: ignore[operator]
+            pred = pl_module.eval_forward(x).argmax(-1).cpu()  # type: ignore[operator]
+        x = x.float().cpu()
 
         def label(i: int) -> str:
             return names[i] if i < len(names) else str(i)

@@ -138,6 +138,8 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set: Dataset[Any] | None = None
         self.test_set: Dataset[Any] | None = None
         self.class_names: list[str] = []
+        self.collate_fn: Any = None  # the DataLoader's; device decoding batches file bytes
+        self.device_augment: dict[bool, Any] | None = None  # DeviceAugment for training (True) and evaluation
         self.resume_at = {"epoch": 0, "samples": 0}  # where the training sampler starts (load_state_dict)
 
     def state_dict(self) -> dict[str, Any]:
@@ -191,7 +193,19 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
+            collate_fn=self.collate_fn,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Decode and augment on the device when ``device_augment`` is set (``data.decode_on=device``)."""
+        if self.device_augment is None:
+            return batch
+        trainer = self.trainer
+        training = bool(trainer is not None and trainer.training)
+        augment = self.device_augment[training]
+        if training and augment.epoch != trainer.current_epoch:  # type: ignore[union-attr]
+            augment.set_epoch(trainer.current_epoch)  # type: ignore[union-attr]
+        return augment(batch)
 
     def train_dataloader(self) -> DataLoader[Any]:
         return self._loader(self.train_set, train=True)
@@ -335,6 +349,10 @@ class ImageFolderSplit(ImageFolder):
     - in the training split a failed read is replaced by the next readable image, counted in
       ``self.replaced`` over all DataLoader workers of this process.
 
+    A sample is ``(image, class index)``: the image decoded with PIL and passed through ``transform``, or,
+    after ``set_encoded(True)`` (``data.decode_on=device``), a ``device_decode.EncodedImage`` (the JPEG's
+    bytes, or the PIL-decoded uint8 image for files the device cannot decode) that ``DeviceAugment`` finishes.
+
     With ``on_corrupt="error"`` the first unreadable file stops the run, naming it. Class folders with
     names that are not valid UTF-8 keep their real path for reading; ``classes`` holds printable names.
     Directory symlinks are followed once each: a link back to a parent folder (a loop) adds nothing.
@@ -346,7 +364,7 @@ class ImageFolderSplit(ImageFolder):
         if on_corrupt not in ("skip", "error"):
             raise ValueError(f"data.on_corrupt={on_corrupt!r} is not allowed: must be 'skip' or 'error'")
         super().__init__(str(root), transform=transform, loader=load_rgb)
-        self.on_corrupt, self.checked = on_corrupt, check
+        self.on_corrupt, self.checked, self.pil_transform = on_corrupt, check, transform
         self.replaced = multiprocessing.Value("l", 0)  # shared with forked/spawned workers
         self.skipped: list[str] = self._check_all() if check else []
 
@@ -380,6 +398,13 @@ class ImageFolderSplit(ImageFolder):
         if not samples and not allow_empty:
             raise FileNotFoundError(f"no image files in {display_name(str(directory))}")
         return samples
+
+    def set_encoded(self, encoded: bool) -> None:
+        """Samples as ``EncodedImage`` for device decoding (True) or as transformed PIL images (False)."""
+        from mobilenet_pl.lit.device_decode import read_encoded  # imports this module
+
+        self.loader = read_encoded if encoded else load_rgb
+        self.transform = None if encoded else self.pil_transform
 
     def _check_all(self) -> list[str]:
         """Decode every file once (JPEGs at a reduced size, in threads); drop and return the unreadable ones."""
@@ -426,14 +451,30 @@ class ImageFolderSplit(ImageFolder):
 class ImageFolderDataModule(ImageDataModule):
     """ImageNet layout: ``root/train/<class>/*`` and ``root/val/<class>/*`` (``root/test`` if present,
     else the val folder is also the test set). Unreadable images are logged and skipped (left out of
-    val/test, replaced in training; see ``ImageFolderSplit``), or stop the run with ``on_corrupt="error"``."""
+    val/test, replaced in training; see ``ImageFolderSplit``), or stop the run with ``on_corrupt="error"``.
+
+    ``decode_on``: ``workers`` decodes and augments with PIL in the DataLoader workers; ``device`` has the
+    workers read file bytes only and decodes, crops and normalises the batch on the trainer's device
+    (``device_decode.DeviceAugment``, in ``on_after_batch_transfer``); ``auto`` is ``device`` when the
+    attached Trainer's root device is CUDA. Decided when a loader is built: without a Trainer (eval,
+    quantize) and with RandAugment (a PIL transform) the workers decode.
+    """
 
     def __init__(
-        self, *, root: str | None = None, randaugment: str | None = None, on_corrupt: str = "skip", **kwargs: Any
+        self,
+        *,
+        root: str | None = None,
+        randaugment: str | None = None,
+        on_corrupt: str = "skip",
+        decode_on: str = "auto",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if on_corrupt not in ("skip", "error"):
             raise ValueError(f"data.on_corrupt={on_corrupt!r} is not allowed: must be 'skip' or 'error'")
+        if decode_on not in ("auto", "workers", "device"):
+            raise ValueError(f"data.decode_on={decode_on!r} is not allowed: must be 'auto', 'workers' or 'device'")
+        self.decode_on = decode_on
         self.root = Path(root).expanduser() if root else None
         self.randaugment = randaugment
         self.on_corrupt = on_corrupt
@@ -473,6 +514,36 @@ class ImageFolderDataModule(ImageDataModule):
             )
         else:
             self.test_set = val_set
+
+    def decodes_on_device(self) -> bool:
+        """Whether loaders built now yield file bytes for ``DeviceAugment`` (see the class docstring)."""
+        trainer = self.trainer
+        if self.decode_on == "workers" or trainer is None:
+            return False
+        if self.randaugment:
+            if self.decode_on == "device" and _is_rank_zero():
+                log.warning("data.decode_on=device: RandAugment runs on PIL images, decoding in the workers")
+            return False
+        return self.decode_on == "device" or trainer.strategy.root_device.type == "cuda"
+
+    def _loader(self, dataset: Dataset[Any] | None, train: bool) -> DataLoader[Any]:
+        # decided here, not in setup(): the app calls setup("fit") before the Trainer exists
+        encoded = self.decodes_on_device()
+        for split in {id(s): s for s in (self.train_set, self.val_set, self.test_set)}.values():
+            if isinstance(split, ImageFolderSplit):
+                split.set_encoded(encoded)
+        if not encoded:
+            self.collate_fn, self.device_augment = None, None
+        elif self.device_augment is None:  # kept across loaders: the training crops' stream runs on
+            from mobilenet_pl.lit.device_decode import DeviceAugment, collate_encoded
+
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self.collate_fn = collate_encoded
+            self.device_augment = {
+                True: DeviceAugment(self.resolution, train=True, seed=self.seed + rank),
+                False: DeviceAugment(self.resolution, train=False),
+            }
+        return super()._loader(dataset, train)
 
     def _align(self, dataset: ImageFolderSplit, split: str) -> ImageFolderSplit:
         """Give ``split`` the training set's class indices (its own folder list may be a subset)."""

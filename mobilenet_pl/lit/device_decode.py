@@ -1,19 +1,21 @@
 """JPEG decoding and ImageNet augmentation on the training device (``data.decode_on=device``).
 
-DataLoader workers only read file bytes: :class:`EncodedImageFolder` returns ``(EncodedImage, label)``
-and :func:`collate_encoded` stacks a batch into an :class:`EncodedBatch` (a list of variable-length byte
-tensors, because JPEGs differ in length, plus a label tensor). After Lightning moves the batch,
-:class:`DeviceAugment` decodes all JPEGs in one ``torchvision.io.decode_jpeg(list, device=...)`` call
-(nvJPEG on CUDA, libjpeg-turbo on CPU), crops and resizes the whole batch (one
-``torchvision.ops.roi_align`` on a GPU, torchvision's uint8 resize per image on a CPU), flips and
-normalises, giving what ``pil_transforms`` gives, channels_last. See docs/device_decode.md.
+DataLoader workers only read file bytes: ``data.ImageFolderSplit`` with ``set_encoded(True)`` returns
+``(EncodedImage, label)`` (:func:`read_encoded`), and :func:`collate_encoded` stacks a batch into an
+:class:`EncodedBatch` (a list of variable-length byte tensors, because JPEGs differ in length, plus a label
+tensor). After Lightning moves the batch, :class:`DeviceAugment` decodes all JPEGs in one
+``torchvision.io.decode_jpeg(list, device=...)`` call (nvJPEG on CUDA, libjpeg-turbo on CPU), crops and
+resizes the whole batch (one ``torchvision.ops.roi_align`` on a GPU, torchvision's uint8 resize per image on
+a CPU), flips and normalises, giving what ``pil_transforms`` gives, channels_last. See
+docs/device_decode.md.
 
-Files the device decoder cannot take (PNG and other formats, grayscale or CMYK JPEGs, 12-bit,
-lossless or arithmetic-coded JPEGs, files without an end marker) are decoded in the worker with PIL, as
-``data=imagefolder`` always did, and travel as uint8 CHW images in the same list; they get the same
-crop on the device. Unreadable files are skipped and named in the worker (or stop the run with
-``on_corrupt="error"``); a file that passes the worker's header check but still fails to decode on the
-device is named and its batch slot labelled ``IGNORE_INDEX``, which the loss and all metrics skip.
+Files the device decoder cannot take (PNG and other formats, grayscale or CMYK JPEGs, 12-bit, lossless or
+arithmetic-coded JPEGs, files without an end marker) are decoded in the worker with PIL, as
+``data=imagefolder`` always did (``images.load_rgb``), and travel as uint8 CHW images in the same list; they
+get the same crop on the device. Unreadable files follow ``ImageFolderSplit``'s rules (left out of val/test
+at setup, replaced in training, or stop the run with ``on_corrupt="error"``); a file that passes the
+worker's header check but still fails to decode on the device is named and its batch slot labelled
+``IGNORE_INDEX``, which the loss and all metrics skip.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
-from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
 from mobilenet_pl.lit.data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from mobilenet_pl.lit.images import UnreadableImage, load_rgb
 
 # JPEG start-of-frame markers nvJPEG and libjpeg-turbo both decode: baseline, extended, progressive Huffman
 _DEVICE_SOF = {0xC0, 0xC1, 0xC2}
@@ -72,55 +75,19 @@ def device_decodable(data: bytes) -> bool:
 
 
 def read_encoded(path: str) -> EncodedImage:
-    """The file's bytes when the device can decode them, else the image decoded here with PIL (as RGB).
+    """The file's bytes when the device can decode them, else the image decoded here by ``images.load_rgb``.
 
-    Raises PIL's errors (``OSError``, ``ValueError``, ...) for unreadable files, like torchvision's loader.
+    Raises:
+        UnreadableImage: the file cannot be read, or PIL cannot decode it (``ImageFolderSplit`` skips it).
     """
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise UnreadableImage(f"{err.__class__.__name__}: {err}") from err
     if device_decodable(data):
         return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), path)
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB"))
+    rgb = np.asarray(load_rgb(path))
     return EncodedImage(torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous(), path)
-
-
-class EncodedImageFolder(ImageFolder):
-    """A torchvision ImageFolder whose samples are ``(EncodedImage, class index)``; indexable like any
-    Dataset, so ``DistributedSampler`` and ``EvalShard`` shard it as they shard the PIL folder.
-
-    An unreadable file is replaced by the next readable one with a warning naming it (``on_corrupt="skip"``)
-    or stops the run (``on_corrupt="error"``), the contract of ``tolerant_image_folder``.
-    """
-
-    skipped = 0  # per process: each DataLoader worker counts its own
-
-    def __init__(self, root: str, on_corrupt: str = "skip") -> None:
-        if on_corrupt not in ("skip", "error"):
-            raise ValueError(f"data.on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
-        super().__init__(root, loader=read_encoded)
-        self.on_corrupt = on_corrupt
-
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        for offset in range(len(self.samples)):
-            i = (index + offset) % len(self.samples)
-            try:
-                return super().__getitem__(i)
-            except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated, broken
-                path = self.samples[i][0]
-                if self.on_corrupt == "error":
-                    raise RuntimeError(
-                        f"corrupt or unreadable image {path} ({err}); data.on_corrupt=skip skips such files"
-                    ) from err
-                EncodedImageFolder.skipped += 1
-                warnings.warn(
-                    f"skipping corrupt image {path} ({err.__class__.__name__}); "
-                    f"{EncodedImageFolder.skipped} skipped so far in this process",
-                    stacklevel=2,
-                )
-        raise RuntimeError(f"no readable image at all in {self.root}")
 
 
 @dataclass
@@ -146,7 +113,7 @@ class EncodedBatch:
 
 
 def collate_encoded(samples: list[tuple[EncodedImage, Any]]) -> EncodedBatch:
-    """DataLoader ``collate_fn`` for :class:`EncodedImageFolder` (also behind ``EvalShard``)."""
+    """DataLoader ``collate_fn`` for encoded ``ImageFolderSplit`` samples (also behind ``EvalShard``)."""
     return EncodedBatch(
         [image.data for image, _ in samples],
         torch.tensor([int(label) for _, label in samples], dtype=torch.long),

@@ -19,17 +19,17 @@ from scipy.stats import ks_2samp
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 
-from mobilenet_pl.lit.data import IGNORE_INDEX, EvalShard, pil_transforms
+from mobilenet_pl.lit.data import IGNORE_INDEX, CorruptImageError, EvalShard, ImageFolderSplit, pil_transforms
 from mobilenet_pl.lit.device_decode import (
     DeviceAugment,
     EncodedBatch,
-    EncodedImageFolder,
     collate_encoded,
     device_decodable,
     random_resized_boxes,
     read_encoded,
     size_groups,
 )
+from mobilenet_pl.lit.images import UnreadableImage
 
 
 def _texture(seed: int, height: int, width: int, cell: int = 8) -> Image.Image:
@@ -78,22 +78,30 @@ def test_only_plain_rgb_jpegs_go_to_the_device(folder: Path, tmp_path: Path) -> 
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(rgb[: len(rgb) // 2])  # no end marker: PIL's verdict decides, and PIL refuses it
     assert not device_decodable(truncated.read_bytes())
-    with pytest.raises(OSError):
+    with pytest.raises(UnreadableImage):
         read_encoded(str(truncated))
 
 
-def test_folder_skips_and_names_corrupt_files_or_stops(folder: Path, tmp_path: Path) -> None:
+def _encoded_split(root: Path, **kwargs: object) -> ImageFolderSplit:
+    split = ImageFolderSplit(root, pil_transforms(32, train=False), **kwargs)  # type: ignore[arg-type]
+    split.set_encoded(True)
+    return split
+
+
+def test_encoded_split_keeps_the_corrupt_image_rules(folder: Path, tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "0_bad.jpg").write_bytes(b"not an image")
     _texture(0, 300, 320).save(tmp_path / "a" / "1_good.jpg")
-    dataset = EncodedImageFolder(str(tmp_path))
-    with pytest.warns(UserWarning, match=r"skipping corrupt image .*0_bad\.jpg"):
-        image, label = dataset[0]
-    assert image.path.endswith("1_good.jpg") and label == 0
-    with pytest.raises(RuntimeError, match=r"0_bad\.jpg.*on_corrupt=skip"):
-        EncodedImageFolder(str(tmp_path), on_corrupt="error")[0]
-    with pytest.raises(ValueError, match=r"data\.on_corrupt"):
-        EncodedImageFolder(str(tmp_path), on_corrupt="ignore")
+    training = _encoded_split(tmp_path)  # training: a bad read is replaced by the next image, and counted
+    image, label = training[0]
+    assert image.path.endswith("1_good.jpg") and image.data.dim() == 1 and label == 0
+    assert training.replaced.value == 1
+    evaluation = _encoded_split(tmp_path, check=True)  # evaluation: left out at setup, named
+    assert len(evaluation) == 1 and evaluation.skipped[0].endswith("0_bad.jpg")
+    with pytest.raises(CorruptImageError, match=r"0_bad\.jpg.*on_corrupt=skip"):
+        _encoded_split(tmp_path, on_corrupt="error")[0]
+    evaluation.set_encoded(False)  # back to the PIL path: the same split yields transformed tensors
+    assert evaluation[0][0].shape == (3, 32, 32)
 
 
 # measured: smooth textures 0.0096 (224) / 0.013 (160) batched; pure noise 0.032 / 0.052 (roi_align's box-averaged
@@ -252,7 +260,7 @@ def test_cuda_path_matches_the_cpu_path(folder: Path, train: bool) -> None:
 
 
 def test_loader_eval_shard_and_lightning_transfer(folder: Path) -> None:
-    dataset = EncodedImageFolder(str(folder))
+    dataset = _encoded_split(folder)
     shard = EvalShard(dataset, rank=2, world=5)  # 12 samples over 5 ranks: rank 2 gets 2 + 1 padding
     batch = next(iter(DataLoader(shard, batch_size=8, collate_fn=collate_encoded)))
     assert len(batch) == 3 and batch.labels[-1] == IGNORE_INDEX
