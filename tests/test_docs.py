@@ -161,6 +161,7 @@ PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 PYTHON_NOT_RUN = {
     "training.md": "its examples read a finished run's outputs/ and /data/flowers, and download weights",
     "weights.md": "its examples download pretrained weights (pretrained=True) and read local checkpoint files",
+    "device_decode.md": "its examples are a benchmark script run on a JPEG folder with arguments, and a user's folder",
 }
 PYTHON_PAGES = [doc for doc in DOCS if PYTHON_BLOCK.search(doc.read_text())]
 
