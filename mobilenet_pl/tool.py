@@ -68,7 +68,8 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
             _check_plugins(args)
             if not any(arg.startswith("-") for arg in args):
                 _check_composes(name, args)
-        sys.argv = [f"mobilenet_pl.{name}", *args]
+        # argv[0] stays: Lightning relaunches DDP ranks from it (a console script or a wrapper script)
+        sys.argv = [saved[0], *args]
         app()
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)

@@ -31,12 +31,9 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2 as T
 
-from mobilenet_pl.lit.images import UnreadableImage, display_name, load_rgb
+from mobilenet_pl.lit.images import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, display_name, load_rgb
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IGNORE_INDEX = -100  # label of padding samples; F.cross_entropy's default ignore_index
 
 
 class EvalShard(Dataset[tuple[Tensor, int]]):
@@ -401,7 +398,7 @@ class ImageFolderSplit(ImageFolder):
 
     def set_encoded(self, encoded: bool) -> None:
         """Samples as ``EncodedImage`` for device decoding (True) or as transformed PIL images (False)."""
-        from mobilenet_pl.lit.device_decode import read_encoded  # imports this module
+        from mobilenet_pl.lit.device_decode import read_encoded
 
         self.loader = read_encoded if encoded else load_rgb
         self.transform = None if encoded else self.pil_transform

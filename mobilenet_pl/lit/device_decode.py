@@ -34,8 +34,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
-from mobilenet_pl.lit.data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
-from mobilenet_pl.lit.images import UnreadableImage, load_rgb
+from mobilenet_pl.lit.images import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, load_rgb
 
 # JPEG start-of-frame markers nvJPEG and libjpeg-turbo both decode: baseline, extended, progressive Huffman
 _DEVICE_SOF = {0xC0, 0xC1, 0xC2}

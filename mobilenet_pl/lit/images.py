@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# shared by the workers path (lit/data.py) and the device path (lit/device_decode.py)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IGNORE_INDEX = -100  # label of padding samples; F.cross_entropy's default ignore_index
+
 # the largest value of an integer image's full range, by PIL mode; 8-bit modes need no scaling
 _INTEGER_RANGE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
 
