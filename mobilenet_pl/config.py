@@ -9,7 +9,7 @@ top-level keys, so ``width=abc`` or a misspelt key fails at composition. The sch
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -22,6 +22,13 @@ from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
 
 CONFIG_DIR_NAME = "conf"
 TOOLS = ("train", "eval", "profile", "export", "quantize", "benchmark", "report")
+
+# sane upper bounds: far past any MobileNet in the papers, well before memory runs out
+MAX_WIDTH = 4.0
+MAX_SIZE = 2048
+MAX_SEED = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything uses
+# Lightning Trainer keys that must be whole numbers >= 1 when set
+WHOLE_TRAINER_KEYS = ("max_epochs", "check_val_every_n_epoch", "log_every_n_steps", "num_nodes")
 
 # Optional[...] rather than ``X | None``: OmegaConf reads these annotations at run time (Python 3.10 too)
 # ruff: noqa: UP045
@@ -188,10 +195,17 @@ def config_dir() -> str:
     raise FileNotFoundError(f"mobilenet_pl configs not found next to {here}; reinstall the package")
 
 
-def _number(key: str, value: Any, minimum: float, *, inclusive: bool, kind: str = "number") -> None:
+def _number(
+    key: str, value: Any, minimum: float, *, inclusive: bool, kind: str = "number", maximum: float | None = None
+) -> None:
+    """``value`` is a finite number (an ``int`` where ``kind`` is a whole number) in its range, or `ConfigError`."""
+    whole = kind == "whole number"
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value < minimum if inclusive else value <= minimum):
+    ok = ok and (isinstance(value, int) or not whole)  # 1.5 epochs or images per batch fail later, deep inside
+    if not ok or (value < minimum if inclusive else value <= minimum) or (maximum is not None and value > maximum):
         bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        if maximum is not None:
+            bound = f"{bound} and <= {int(maximum) if float(maximum).is_integer() else maximum}"
         raise ConfigError(f"{key}={value!r} is not allowed: {key} must be a {kind} {bound}")
 
 
@@ -216,15 +230,53 @@ def _device_count(accelerator: str) -> int:
     return torch.cuda.device_count() or 10**6
 
 
+def _check_randaugment(value: Any) -> None:
+    """timm's RandAugment string, parsed as timm will; timm silently skips sections it cannot read."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    text = str(value)
+    sections = text.split("-")
+    unread = [part for part in sections[1:] if not part.startswith("t") and not any(ch.isdigit() for ch in part)]
+    try:
+        rand_augment_transform(text, {})
+        ok = not unread
+    except (AssertionError, ValueError, KeyError):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"data.randaugment={text!r} is not allowed: it must be a timm RandAugment string such as rand-m9-mstd0.5"
+        )
+
+
+def _check_trainer(trainer: DictConfig) -> None:
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, int):
+        _number("trainer.devices", devices, 1, inclusive=True, kind="whole number")
+        available = _device_count(str(trainer.get("accelerator", "auto")))
+        if devices > available:
+            raise ConfigError(
+                f"trainer.devices={devices} is not allowed: only {available} {trainer.accelerator} device(s) here"
+            )
+    for key in WHOLE_TRAINER_KEYS:  # None (Lightning's default) passes
+        value = trainer.get(key, 1)
+        if value is not None:
+            _number(f"trainer.{key}", value, 1, inclusive=True, kind="whole number")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check values the schema cannot: ranges, paths, device counts."""
-    _number("width", cfg.width, 0, inclusive=False)
+    """Check values the schema cannot: ranges, whole numbers, paths, device counts, pairings of keys."""
+    _number("width", cfg.width, 0, inclusive=False, maximum=MAX_WIDTH)
     if cfg.resolution is not None:
-        _number("resolution", cfg.resolution, MIN_INPUT_SIZE, inclusive=True, kind="whole number")
+        _number("resolution", cfg.resolution, MIN_INPUT_SIZE, inclusive=True, kind="whole number", maximum=MAX_SIZE)
+    _number("seed", cfg.seed, 0, inclusive=True, kind="whole number", maximum=MAX_SEED)
     data = cfg.data
     _number("data.batch_size", data.batch_size, 1, inclusive=True, kind="whole number")
     _number("data.num_workers", data.get("num_workers", 0), 0, inclusive=True, kind="whole number")
+    if data.get("randaugment"):
+        _check_randaugment(data.randaugment)
     _number("optimizer.lr", cfg.optimizer.lr, 0, inclusive=False)
+    if "step_size" in cfg.scheduler:
+        _number("scheduler.step_size", cfg.scheduler.step_size, 1, inclusive=True, kind="whole number")
     has_root = "root" in data or OmegaConf.is_missing(data, "root")  # ``in`` is False for ??? values
     if has_root and data.get("download") is None:  # image folders must exist; CIFAR may download
         if OmegaConf.is_missing(data, "root") or not data.root:
@@ -234,22 +286,35 @@ def validate(cfg: DictConfig) -> None:
         root = Path(str(data.root)).expanduser()
         if not root.is_dir() or not any(root.iterdir()):
             raise ConfigError(f"data.root={str(root)!r} is not allowed: it must be an existing, non-empty folder")
-    for key in ("label_smoothing", "mixup", "cutmix"):
-        _number(f"recipe.{key}", cfg.recipe[key], 0, inclusive=True)
-    if not 0 <= cfg.recipe.ema_decay < 1:
-        raise ConfigError(f"recipe.ema_decay={cfg.recipe.ema_decay!r} is not allowed: it must be in [0, 1)")
-    trainer = cfg.trainer
-    devices = trainer.get("devices", 1)
-    if isinstance(devices, int):
-        _number("trainer.devices", devices, 1, inclusive=True, kind="whole number")
-        available = _device_count(str(trainer.get("accelerator", "auto")))
-        if devices > available:
-            raise ConfigError(
-                f"trainer.devices={devices} is not allowed: only {available} {trainer.accelerator} device(s) here"
-            )
-    _number("trainer.max_epochs", trainer.get("max_epochs", 1), 1, inclusive=True, kind="whole number")
+    _check_recipe(cfg.recipe, data.batch_size)
+    _check_trainer(cfg.trainer)
     if cfg.ckpt_path is not None:
         check_checkpoint("ckpt_path", str(cfg.ckpt_path))
+
+
+def _check_recipe(recipe: DictConfig, batch_size: int) -> None:
+    _number("recipe.label_smoothing", recipe.label_smoothing, 0, inclusive=True)
+    if recipe.label_smoothing >= 1:  # 1 would train towards the uniform distribution
+        raise ConfigError(f"recipe.label_smoothing={recipe.label_smoothing!r} is not allowed: it must be in [0, 1)")
+    for key in ("mixup", "cutmix"):
+        _number(f"recipe.{key}", recipe[key], 0, inclusive=True)
+        if recipe[key] > 0 and batch_size % 2:  # timm's Mixup mixes each image with its mirror in the batch
+            raise ConfigError(
+                f"recipe.{key}={recipe[key]!r} is not allowed with data.batch_size={batch_size}: "
+                "timm Mixup/CutMix needs an even batch size"
+            )
+    if not 0 <= recipe.ema_decay < 1:
+        raise ConfigError(f"recipe.ema_decay={recipe.ema_decay!r} is not allowed: it must be in [0, 1)")
+
+
+def check_known_keys(tool: str, cfg: DictConfig) -> None:
+    """A top-level key the tool's schema does not name (``+modle=v1``) would be silently ignored: refuse it."""
+    known = {field.name for field in fields(SCHEMAS[tool])} | {"hydra"}
+    unknown = [str(key) for key in cfg if key not in known]
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]} is not allowed: {tool} has no key {unknown[0]!r} (see python -m mobilenet_pl.{tool} --help)"
+        )
 
 
 def check_checkpoint(key: str, path: str) -> None:

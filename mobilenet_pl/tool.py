@@ -20,7 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mobilenet_pl.config import config_dir, register_schemas
+from mobilenet_pl.config import check_known_keys, config_dir, register_schemas
 from mobilenet_pl.errors import ConfigError, error_boundary, require
 
 # overrides that need a plugin from the ``sweeps`` extra
@@ -42,7 +42,7 @@ def _check_composes(name: str, args: Sequence[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            compose(name, overrides=list(args))
+            check_known_keys(name, compose(name, overrides=list(args)))
     finally:
         GlobalHydra.instance().clear()
 
@@ -58,6 +58,7 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
 
     def job(cfg: DictConfig) -> Any:
         with error_boundary():
+            check_known_keys(name, cfg)  # sweeps and Hydra flags skip `_check_composes`
             return task(cfg)
 
     job.__module__ = f"mobilenet_pl.{name}"  # Hydra names the job (and its log file) after the module

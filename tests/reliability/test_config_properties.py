@@ -46,8 +46,8 @@ def test_validation_accepts_exactly_the_allowed_ranges(
         cfg.optimizer.lr = lr
         cfg.trainer.max_epochs = epochs
     allowed = (
-        finite(width) and width > 0
-        and (resolution is None or resolution >= 32)
+        finite(width) and 0 < width <= 4
+        and (resolution is None or 32 <= resolution <= 2048)
         and batch >= 1
         and finite(lr) and lr > 0
         and epochs >= 1
