@@ -317,17 +317,58 @@ def check_known_keys(tool: str, cfg: DictConfig) -> None:
         )
 
 
-def check_checkpoint(key: str, path: str) -> None:
-    """The file exists and holds only tensors and plain values (``torch.load(weights_only=True)``)."""
+def check_checkpoint(key: str, path: str) -> Any:
+    """The file exists and holds only tensors and plain values (``torch.load(weights_only=True)``); returns it."""
     import torch
 
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"{key}={path!r} is not allowed: no such checkpoint file")
+    if file.stat().st_size == 0:
+        raise ConfigError(f"{key}={path!r} is not allowed: the file is empty (0 bytes)")
     try:
-        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            return torch.load(file, map_location="cpu", weights_only=True)  # a legacy file: the real reason, if any
     except Exception as err:  # UnpicklingError for code objects, RuntimeError for truncated files
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
         raise ConfigError(
             f"{key}={path!r} is not allowed: not a loadable tensor-only checkpoint, refused for safety ({first[:200]})"
         ) from err
+
+
+def _describe(hp: Any) -> str:
+    model = hp.get("model") if isinstance(hp, dict) else None
+    if not isinstance(model, dict):
+        return "an unknown model"
+    return (
+        f"{model.get('name')} width {model.get('width')} "
+        f"({hp.get('num_classes')} classes, {hp.get('in_chans')} channels)"
+    )
+
+
+def check_resume_checkpoint(key: str, path: str, hparams: Any, state_dict: dict[str, Any]) -> None:
+    """``path`` is a safe training checkpoint of the model this run builds (``hparams``, ``state_dict``):
+    the same checks for ``ckpt_path`` and for the ``last.ckpt`` an auto-resume picks up."""
+    from mobilenet_pl.models.hparams import is_our_checkpoint, upgrade_hparams
+
+    loaded = check_checkpoint(key, path)
+    if not is_our_checkpoint(loaded):
+        raise ConfigError(
+            f"{key}={path!r} is not allowed: not a mobilenet_pl training checkpoint "
+            "(a plain state dict? start from its weights with model.pretrained=PATH instead)"
+        )
+    saved = upgrade_hparams(loaded["hyper_parameters"])
+    ours = {"model": dict(hparams["model"]), **{k: hparams[k] for k in ("num_classes", "in_chans")}}
+    same = all(saved.get("model", {}).get(k) == ours["model"].get(k) for k in ("name", "width")) and all(
+        saved.get(k) == ours[k] for k in ("num_classes", "in_chans")
+    )
+    shapes = {k: tuple(v.shape) for k, v in loaded["state_dict"].items() if hasattr(v, "shape")}
+    same = same and all(shapes.get(k, tuple(v.shape)) == tuple(v.shape) for k, v in state_dict.items())
+    if not same:
+        raise ConfigError(
+            f"{key}={path!r} is not allowed: it holds {_describe(saved)}; this run builds {_describe(ours)}"
+        )

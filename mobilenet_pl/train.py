@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from mobilenet_pl.config import validate
+from mobilenet_pl.config import check_resume_checkpoint, validate
 from mobilenet_pl.lit.callbacks import Throughput
 from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
 from mobilenet_pl.lit.classifier import MobileNetClassifier
@@ -183,7 +183,11 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
         plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves a broken checkpoint
     )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir), weights_only=True)
+    resume = resume_path(cfg, run_dir)
+    if resume is not None:  # ckpt_path and an auto-resumed last.ckpt get the same checks
+        key = "ckpt_path" if cfg.ckpt_path else "auto_resume"
+        check_resume_checkpoint(key, resume, module.hparams, module.state_dict())
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if cfg.test:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
