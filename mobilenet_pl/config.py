@@ -122,6 +122,7 @@ class ExportSchema:
     ckpt_path: str = MISSING
     format: ExportFormat = MISSING
     out: Optional[str] = MISSING
+    overwrite: bool = MISSING
     check: bool = MISSING
     opset: int = MISSING
     resolution: Optional[int] = MISSING
@@ -133,6 +134,7 @@ class ExportSchema:
 class QuantizeSchema:
     ckpt_path: str = MISSING
     out: Optional[str] = MISSING
+    overwrite: bool = MISSING
     calib_batches: int = MISSING
     batch_size: int = MISSING
     calls: int = MISSING

@@ -95,3 +95,20 @@ def checkpoint_datamodule(data: DictConfig, hp: Mapping[str, Any], **overrides: 
 def output_path(out: str | None, ckpt_path: str, suffix: str) -> Path:
     """``out``, or the checkpoint's path with ``suffix`` (the export lands next to its checkpoint)."""
     return Path(out).expanduser() if out else Path(ckpt_path).expanduser().with_suffix(suffix)
+
+
+def check_output(key: str, path: Path, overwrite: bool) -> Path:
+    """``path`` may be written: not a folder, its folder not a file, no checkpoint replaced, and an existing
+    file (an earlier export, maybe with other settings) replaced only with ``overwrite=true``."""
+    if path.is_dir():
+        raise ConfigError(f"{key}={str(path)!r} is not allowed: it is a folder; give a file path")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{key}={str(path)!r} is not allowed: {str(parent)!r} is a file, not a folder")
+    if path.exists() and path.suffix == ".ckpt":
+        raise ConfigError(f"{key}={str(path)!r} is not allowed: it would replace a checkpoint")
+    if path.exists() and not overwrite:
+        raise ConfigError(
+            f"{key}={str(path)!r} is not allowed: the file exists; set overwrite=true to replace it or choose another {key}"
+        )
+    return path
