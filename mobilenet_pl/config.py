@@ -9,6 +9,7 @@ top-level keys, so ``width=abc`` or a misspelt key fails at composition. The sch
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -307,6 +308,16 @@ def _check_recipe(recipe: DictConfig, batch_size: int) -> None:
             )
     if not 0 <= recipe.ema_decay < 1:
         raise ConfigError(f"recipe.ema_decay={recipe.ema_decay!r} is not allowed: it must be in [0, 1)")
+
+
+def check_run_dir(path: str) -> None:
+    """The run dir can be made and written: its nearest existing folder is a writable folder."""
+    target = Path(path).expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"hydra.run.dir={path!r} is not allowed: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"hydra.run.dir={path!r} is not allowed: {str(existing)!r} is not writable")
 
 
 def check_known_keys(tool: str, cfg: DictConfig) -> None:

@@ -20,7 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mobilenet_pl.config import check_known_keys, config_dir, register_schemas
+from mobilenet_pl.config import check_known_keys, check_run_dir, config_dir, register_schemas
 from mobilenet_pl.errors import ConfigError, error_boundary, require
 
 # overrides that need a plugin from the ``sweeps`` extra
@@ -42,7 +42,9 @@ def _check_composes(name: str, args: Sequence[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            check_known_keys(name, compose(name, overrides=list(args)))
+            cfg = compose(name, overrides=list(args), return_hydra_config=True)
+            check_run_dir(str(cfg.hydra.run.dir))  # Hydra would make it before the job, with a traceback
+            check_known_keys(name, cfg)
     finally:
         GlobalHydra.instance().clear()
 

@@ -73,3 +73,11 @@ def test_unknown_top_level_key_is_refused_in_a_sweep_too(tmp_path: Path) -> None
     assert proc.returncode != 0
     assert "error: modle is not allowed" in proc.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_run_dir_under_a_file_is_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    proc = run_cli("mobilenet_pl.train", f"hydra.run.dir={afile}/run", *FAST, "logger=none", cwd=tmp_path)
+    line = assert_one_line_refusal(proc, "hydra.run.dir=")
+    assert "is a file, not a folder" in line
