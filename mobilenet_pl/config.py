@@ -289,10 +289,26 @@ def validate(cfg: DictConfig) -> None:
         root = Path(str(data.root)).expanduser()
         if not root.is_dir() or not any(root.iterdir()):
             raise ConfigError(f"data.root={str(root)!r} is not allowed: it must be an existing, non-empty folder")
+    pretrained = cfg.model.get("pretrained")
+    if isinstance(pretrained, str) and Path(pretrained).expanduser().is_file():
+        _check_weights_file("model.pretrained", pretrained)
     _check_recipe(cfg.recipe, data.batch_size)
     _check_trainer(cfg.trainer)
     if cfg.ckpt_path is not None:
         check_checkpoint("ckpt_path", str(cfg.ckpt_path))
+
+
+def _check_weights_file(key: str, path: str) -> None:
+    """A weights file the model will start from reads as a state dict (any failure: one line, not a trace)."""
+    from mobilenet_pl.models.convert import read_weights_file
+
+    try:
+        read_weights_file(path)
+    except Exception as err:  # a garbage .safetensors, a pickled list, integer keys, ...
+        first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
+        raise ConfigError(
+            f"{key}={path!r} is not allowed: not a readable weights file ({err.__class__.__name__}: {first[:200]})"
+        ) from err
 
 
 def _check_recipe(recipe: DictConfig, batch_size: int) -> None:

@@ -72,3 +72,17 @@ def test_auto_resume_checks_its_last_ckpt_like_ckpt_path(
         target.write_bytes(last_ckpt.read_bytes()[:1000])
     line = refusal([f"hydra.run.dir={tmp_path}", *extra], capsys)
     assert line.startswith("error: auto_resume=")
+
+
+@pytest.mark.parametrize("kind", ["garbage.safetensors", "list.pth", "int_keys.pth"])
+def test_unreadable_pretrained_weights_are_one_line(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = tmp_path / kind
+    if kind == "garbage.safetensors":
+        weights.write_bytes(b"not a safetensors file" * 10)
+    else:
+        torch.save([torch.zeros(2)] if kind == "list.pth" else {1: torch.zeros(2)}, weights)
+    monkeypatch.chdir(tmp_path)
+    line = refusal([f"hydra.run.dir={tmp_path / 'run'}", f"model.pretrained={weights}"], capsys)
+    assert line.startswith(f"error: model.pretrained='{weights}' is not allowed: not a readable weights file")
