@@ -294,8 +294,47 @@ def validate(cfg: DictConfig) -> None:
         _check_weights_file("model.pretrained", pretrained)
     _check_recipe(cfg.recipe, data.batch_size)
     _check_trainer(cfg.trainer)
+    for group in ("data", "trainer", "logger"):
+        _check_target_keys(group, cfg.get(group))
     if cfg.ckpt_path is not None:
         check_checkpoint("ckpt_path", str(cfg.ckpt_path))
+
+
+def _check_target_keys(group: str, node: Any) -> None:
+    """Every key of a group built by ``_target_`` is an argument of that class (``+data.bogus=1`` would
+    otherwise be a TypeError deep inside instantiation)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    try:
+        target = get_object(str(node._target_))
+    except (ImportError, ValueError):  # Hydra reports a target it cannot import by itself
+        return
+    # a class whose __init__ passes **kwargs on: the arguments of its bases' __init__ count too
+    chain = (
+        [c.__dict__["__init__"] for c in target.__mro__ if "__init__" in c.__dict__]
+        if isinstance(target, type)
+        else [target]
+    )
+    params: dict[str, Any] = {}
+    for function in chain:
+        try:
+            found = inspect.signature(function).parameters
+        except (ValueError, TypeError):
+            return
+        params.update(found)
+        if not any(p.kind == p.VAR_KEYWORD for p in found.values()):
+            break
+    else:
+        return  # **kwargs all the way down: anything may be meant
+    unknown = [str(key) for key in node if not str(key).startswith("_") and key not in params]
+    if unknown:
+        raise ConfigError(
+            f"{group}.{unknown[0]} is not allowed: {str(node._target_).rsplit('.', 1)[-1]} has no argument {unknown[0]!r}"
+        )
 
 
 def _check_weights_file(key: str, path: str) -> None:
