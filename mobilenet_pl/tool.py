@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mobilenet_pl.config import check_known_keys, check_run_dir, config_dir, register_schemas
-from mobilenet_pl.errors import ConfigError, error_boundary, one_line, require
+from mobilenet_pl.errors import EXIT_BAD_INPUT, ConfigError, error_boundary, one_line, require
 
 # overrides that need a plugin from the ``sweeps`` extra
 PLUGIN_OF_OVERRIDE = {
@@ -70,7 +70,7 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
                 check_known_keys(name, cfg)
                 return task(cfg)
         except (Exception, SystemExit) as err:
-            if isinstance(err, SystemExit) and not err.code:
+            if isinstance(err, SystemExit) and err.code != EXIT_BAD_INPUT:  # e.g. SIGTERM's 143: stop the sweep
                 raise
             record_failure(Path(HydraConfig.get().runtime.output_dir), err)
             return None
