@@ -48,14 +48,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fp32_path = int8_path.with_name(base + ".onnx")
     if fp32_path == int8_path:  # out=model.onnx: keep the fp32 model beside it under another name
         fp32_path = int8_path.with_name(base + ".fp32.onnx")
-    for path in (int8_path, fp32_path):  # an earlier quantization, maybe with other settings, stays
-        check_output("out", path, cfg.overwrite)
     model, hp = load_model(cfg.ckpt_path)
     if cfg.resolution is None:
         cfg.resolution = hp["resolution"]
     datamodule = checkpoint_datamodule(cfg.data, hp, batch_size=cfg.batch_size, num_workers=0)
     datamodule.setup("fit")
     datamodule.setup("test")
+    for path in (int8_path, fp32_path):  # an earlier quantization, maybe with other settings, stays
+        check_output("out", path, cfg.overwrite)
     names = hp.get("class_names") or [str(i) for i in range(hp["num_classes"])]
     name = resolve_model_name(hp["model"]["name"])
     export_onnx(model, fp32_path, cfg.resolution, names, name=name, width=hp["model"]["width"])

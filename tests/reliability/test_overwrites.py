@@ -56,12 +56,20 @@ def test_export_to_a_folder_or_under_a_file_is_one_line(
     assert f"out={str(out)!r}" in line
 
 
-def test_quantize_keeps_an_earlier_export(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    earlier = tmp_path / "model.int8.onnx"
+def test_quantize_keeps_an_earlier_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert train_main([*FAST, "logger=none", "test=false", "width=0.25", f"hydra.run.dir={run}"]) == 0
+    trained = run / "checkpoints" / "last.ckpt"
+    earlier = trained.with_name("last.int8.onnx")
     earlier.write_bytes(b"earlier quantization")
-    assert quantize_main([f"ckpt_path={ckpt}"]) == 2
+    capsys.readouterr()
+    assert quantize_main([f"ckpt_path={trained}", "calib_batches=1", "calls=1", "repeats=1"]) == 2
     [line] = error_lines(capsys)
     assert "overwrite=true" in line and earlier.read_bytes() == b"earlier quantization"
+    assert not trained.with_name("last.onnx").exists()  # refused before anything was written
 
 
 HOLD = """
