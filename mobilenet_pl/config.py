@@ -9,7 +9,8 @@ top-level keys, so ``width=abc`` or a misspelt key fails at composition. The sch
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -22,6 +23,13 @@ from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
 
 CONFIG_DIR_NAME = "conf"
 TOOLS = ("train", "eval", "profile", "export", "quantize", "benchmark", "report")
+
+# sane upper bounds: far past any MobileNet in the papers, well before memory runs out
+MAX_WIDTH = 4.0
+MAX_SIZE = 2048
+MAX_SEED = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything uses
+# Lightning Trainer keys that must be whole numbers >= 1 when set
+WHOLE_TRAINER_KEYS = ("max_epochs", "check_val_every_n_epoch", "log_every_n_steps", "num_nodes")
 
 # Optional[...] rather than ``X | None``: OmegaConf reads these annotations at run time (Python 3.10 too)
 # ruff: noqa: UP045
@@ -115,6 +123,7 @@ class ExportSchema:
     ckpt_path: str = MISSING
     format: ExportFormat = MISSING
     out: Optional[str] = MISSING
+    overwrite: bool = MISSING
     check: bool = MISSING
     opset: int = MISSING
     resolution: Optional[int] = MISSING
@@ -126,6 +135,7 @@ class ExportSchema:
 class QuantizeSchema:
     ckpt_path: str = MISSING
     out: Optional[str] = MISSING
+    overwrite: bool = MISSING
     calib_batches: int = MISSING
     batch_size: int = MISSING
     calls: int = MISSING
@@ -188,10 +198,17 @@ def config_dir() -> str:
     raise FileNotFoundError(f"mobilenet_pl configs not found next to {here}; reinstall the package")
 
 
-def _number(key: str, value: Any, minimum: float, *, inclusive: bool, kind: str = "number") -> None:
+def _number(
+    key: str, value: Any, minimum: float, *, inclusive: bool, kind: str = "number", maximum: float | None = None
+) -> None:
+    """``value`` is a finite number (an ``int`` where ``kind`` is a whole number) in its range, or `ConfigError`."""
+    whole = kind == "whole number"
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value < minimum if inclusive else value <= minimum):
+    ok = ok and (isinstance(value, int) or not whole)  # 1.5 epochs or images per batch fail later, deep inside
+    if not ok or (value < minimum if inclusive else value <= minimum) or (maximum is not None and value > maximum):
         bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        if maximum is not None:
+            bound = f"{bound} and <= {int(maximum) if float(maximum).is_integer() else maximum}"
         raise ConfigError(f"{key}={value!r} is not allowed: {key} must be a {kind} {bound}")
 
 
@@ -216,15 +233,53 @@ def _device_count(accelerator: str) -> int:
     return torch.cuda.device_count() or 10**6
 
 
+def _check_randaugment(value: Any) -> None:
+    """timm's RandAugment string, parsed as timm will; timm silently skips sections it cannot read."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    text = str(value)
+    sections = text.split("-")
+    unread = [part for part in sections[1:] if not part.startswith("t") and not any(ch.isdigit() for ch in part)]
+    try:
+        rand_augment_transform(text, {})
+        ok = not unread
+    except (AssertionError, ValueError, KeyError):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"data.randaugment={text!r} is not allowed: it must be a timm RandAugment string such as rand-m9-mstd0.5"
+        )
+
+
+def _check_trainer(trainer: DictConfig) -> None:
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, int):
+        _number("trainer.devices", devices, 1, inclusive=True, kind="whole number")
+        available = _device_count(str(trainer.get("accelerator", "auto")))
+        if devices > available:
+            raise ConfigError(
+                f"trainer.devices={devices} is not allowed: only {available} {trainer.accelerator} device(s) here"
+            )
+    for key in WHOLE_TRAINER_KEYS:  # None (Lightning's default) passes
+        value = trainer.get(key, 1)
+        if value is not None:
+            _number(f"trainer.{key}", value, 1, inclusive=True, kind="whole number")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check values the schema cannot: ranges, paths, device counts."""
-    _number("width", cfg.width, 0, inclusive=False)
+    """Check values the schema cannot: ranges, whole numbers, paths, device counts, pairings of keys."""
+    _number("width", cfg.width, 0, inclusive=False, maximum=MAX_WIDTH)
     if cfg.resolution is not None:
-        _number("resolution", cfg.resolution, MIN_INPUT_SIZE, inclusive=True, kind="whole number")
+        _number("resolution", cfg.resolution, MIN_INPUT_SIZE, inclusive=True, kind="whole number", maximum=MAX_SIZE)
+    _number("seed", cfg.seed, 0, inclusive=True, kind="whole number", maximum=MAX_SEED)
     data = cfg.data
     _number("data.batch_size", data.batch_size, 1, inclusive=True, kind="whole number")
     _number("data.num_workers", data.get("num_workers", 0), 0, inclusive=True, kind="whole number")
+    if data.get("randaugment"):
+        _check_randaugment(data.randaugment)
     _number("optimizer.lr", cfg.optimizer.lr, 0, inclusive=False)
+    if "step_size" in cfg.scheduler:
+        _number("scheduler.step_size", cfg.scheduler.step_size, 1, inclusive=True, kind="whole number")
     has_root = "root" in data or OmegaConf.is_missing(data, "root")  # ``in`` is False for ??? values
     if has_root and data.get("download") is None:  # image folders must exist; CIFAR may download
         if OmegaConf.is_missing(data, "root") or not data.root:
@@ -234,35 +289,154 @@ def validate(cfg: DictConfig) -> None:
         root = Path(str(data.root)).expanduser()
         if not root.is_dir() or not any(root.iterdir()):
             raise ConfigError(f"data.root={str(root)!r} is not allowed: it must be an existing, non-empty folder")
-    for key in ("label_smoothing", "mixup", "cutmix"):
-        _number(f"recipe.{key}", cfg.recipe[key], 0, inclusive=True)
-    if not 0 <= cfg.recipe.ema_decay < 1:
-        raise ConfigError(f"recipe.ema_decay={cfg.recipe.ema_decay!r} is not allowed: it must be in [0, 1)")
-    trainer = cfg.trainer
-    devices = trainer.get("devices", 1)
-    if isinstance(devices, int):
-        _number("trainer.devices", devices, 1, inclusive=True, kind="whole number")
-        available = _device_count(str(trainer.get("accelerator", "auto")))
-        if devices > available:
-            raise ConfigError(
-                f"trainer.devices={devices} is not allowed: only {available} {trainer.accelerator} device(s) here"
-            )
-    _number("trainer.max_epochs", trainer.get("max_epochs", 1), 1, inclusive=True, kind="whole number")
+    pretrained = cfg.model.get("pretrained")
+    if isinstance(pretrained, str) and Path(pretrained).expanduser().is_file():
+        _check_weights_file("model.pretrained", pretrained)
+    _check_recipe(cfg.recipe, data.batch_size)
+    _check_trainer(cfg.trainer)
+    for group in ("data", "trainer", "logger"):
+        _check_target_keys(group, cfg.get(group))
     if cfg.ckpt_path is not None:
         check_checkpoint("ckpt_path", str(cfg.ckpt_path))
 
 
-def check_checkpoint(key: str, path: str) -> None:
-    """The file exists and holds only tensors and plain values (``torch.load(weights_only=True)``)."""
+def _check_target_keys(group: str, node: Any) -> None:
+    """Every key of a group built by ``_target_`` is an argument of that class (``+data.bogus=1`` would
+    otherwise be a TypeError deep inside instantiation)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    try:
+        target = get_object(str(node._target_))
+    except (ImportError, ValueError):  # Hydra reports a target it cannot import by itself
+        return
+    # a class whose __init__ passes **kwargs on: the arguments of its bases' __init__ count too
+    chain = (
+        [c.__dict__["__init__"] for c in target.__mro__ if "__init__" in c.__dict__]
+        if isinstance(target, type)
+        else [target]
+    )
+    params: dict[str, Any] = {}
+    for function in chain:
+        try:
+            found = inspect.signature(function).parameters
+        except (ValueError, TypeError):
+            return
+        params.update(found)
+        if not any(p.kind == p.VAR_KEYWORD for p in found.values()):
+            break
+    else:
+        return  # **kwargs all the way down: anything may be meant
+    unknown = [str(key) for key in node if not str(key).startswith("_") and key not in params]
+    if unknown:
+        raise ConfigError(
+            f"{group}.{unknown[0]} is not allowed: {str(node._target_).rsplit('.', 1)[-1]} has no argument {unknown[0]!r}"
+        )
+
+
+def _check_weights_file(key: str, path: str) -> None:
+    """A weights file the model will start from reads as a state dict (any failure: one line, not a trace)."""
+    from mobilenet_pl.models.convert import read_weights_file
+
+    try:
+        read_weights_file(path)
+    except Exception as err:  # a garbage .safetensors, a pickled list, integer keys, ...
+        first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
+        raise ConfigError(
+            f"{key}={path!r} is not allowed: not a readable weights file ({err.__class__.__name__}: {first[:200]})"
+        ) from err
+
+
+def _check_recipe(recipe: DictConfig, batch_size: int) -> None:
+    _number("recipe.label_smoothing", recipe.label_smoothing, 0, inclusive=True)
+    if recipe.label_smoothing >= 1:  # 1 would train towards the uniform distribution
+        raise ConfigError(f"recipe.label_smoothing={recipe.label_smoothing!r} is not allowed: it must be in [0, 1)")
+    for key in ("mixup", "cutmix"):
+        _number(f"recipe.{key}", recipe[key], 0, inclusive=True)
+        if recipe[key] > 0 and batch_size % 2:  # timm's Mixup mixes each image with its mirror in the batch
+            raise ConfigError(
+                f"recipe.{key}={recipe[key]!r} is not allowed with data.batch_size={batch_size}: "
+                "timm Mixup/CutMix needs an even batch size"
+            )
+    if not 0 <= recipe.ema_decay < 1:
+        raise ConfigError(f"recipe.ema_decay={recipe.ema_decay!r} is not allowed: it must be in [0, 1)")
+
+
+def check_run_dir(path: str) -> None:
+    """The run dir can be made and written: its nearest existing folder is a writable folder."""
+    target = Path(path).expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"hydra.run.dir={path!r} is not allowed: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"hydra.run.dir={path!r} is not allowed: {str(existing)!r} is not writable")
+
+
+def check_known_keys(tool: str, cfg: DictConfig) -> None:
+    """A top-level key the tool's schema does not name (``+modle=v1``) would be silently ignored: refuse it."""
+    known = {field.name for field in fields(SCHEMAS[tool])} | {"hydra"}
+    unknown = [str(key) for key in cfg if key not in known]
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]} is not allowed: {tool} has no key {unknown[0]!r} (see python -m mobilenet_pl.{tool} --help)"
+        )
+
+
+def check_checkpoint(key: str, path: str) -> Any:
+    """The file exists and holds only tensors and plain values (``torch.load(weights_only=True)``); returns it."""
     import torch
 
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"{key}={path!r} is not allowed: no such checkpoint file")
+    if file.stat().st_size == 0:
+        raise ConfigError(f"{key}={path!r} is not allowed: the file is empty (0 bytes)")
     try:
-        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            return torch.load(file, map_location="cpu", weights_only=True)  # a legacy file: the real reason, if any
     except Exception as err:  # UnpicklingError for code objects, RuntimeError for truncated files
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
         raise ConfigError(
             f"{key}={path!r} is not allowed: not a loadable tensor-only checkpoint, refused for safety ({first[:200]})"
         ) from err
+
+
+def _describe(hp: Any) -> str:
+    model = hp.get("model") if isinstance(hp, dict) else None
+    if not isinstance(model, dict):
+        return "an unknown model"
+    return (
+        f"{model.get('name')} width {model.get('width')} "
+        f"({hp.get('num_classes')} classes, {hp.get('in_chans')} channels)"
+    )
+
+
+def check_resume_checkpoint(key: str, path: str, hparams: Any, state_dict: dict[str, Any]) -> None:
+    """``path`` is a safe training checkpoint of the model this run builds (``hparams``, ``state_dict``):
+    the same checks for ``ckpt_path`` and for the ``last.ckpt`` an auto-resume picks up."""
+    from mobilenet_pl.models.hparams import is_our_checkpoint, upgrade_hparams
+
+    loaded = check_checkpoint(key, path)
+    if not is_our_checkpoint(loaded):
+        raise ConfigError(
+            f"{key}={path!r} is not allowed: not a mobilenet_pl training checkpoint "
+            "(a plain state dict? start from its weights with model.pretrained=PATH instead)"
+        )
+    saved = upgrade_hparams(loaded["hyper_parameters"])
+    ours = {"model": dict(hparams["model"]), **{k: hparams[k] for k in ("num_classes", "in_chans")}}
+    same = all(saved.get("model", {}).get(k) == ours["model"].get(k) for k in ("name", "width")) and all(
+        saved.get(k) == ours[k] for k in ("num_classes", "in_chans")
+    )
+    shapes = {k: tuple(v.shape) for k, v in loaded["state_dict"].items() if hasattr(v, "shape")}
+    same = same and all(shapes.get(k, tuple(v.shape)) == tuple(v.shape) for k, v in state_dict.items())
+    if not same:
+        raise ConfigError(
+            f"{key}={path!r} is not allowed: it holds {_describe(saved)}; this run builds {_describe(ours)}"
+        )

@@ -21,6 +21,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mobilenet_pl.config import check_checkpoint, check_values
+from mobilenet_pl.errors import ConfigError
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.models.cost import count_madds
 from mobilenet_pl.plots import save_confusion_matrix
@@ -32,7 +33,24 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> MobileNetClassifie
     """Load our checkpoint safely (``weights_only=True``), with a clear error when it is missing."""
     check_checkpoint("ckpt_path", str(path))
     module = MobileNetClassifier.load_from_checkpoint(path, map_location=device, weights_only=True)
+    broken = [name for name, t in module.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    if broken:  # its accuracy would be a number that means nothing
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} is not allowed: {len(broken)} weight tensor(s) hold NaN/inf "
+            f"(first: {broken[0]}); the training diverged before this checkpoint"
+        )
     return module.eval()
+
+
+def check_class_names(ckpt_path: str, trained: Sequence[str] | None, data: Sequence[str]) -> None:
+    """Per-class numbers are reported under the checkpoint's names: the data's must be the same."""
+    if not trained or list(trained) == list(data):
+        return
+    diffs = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(trained, data, strict=False)) if a != b][:3]
+    raise ConfigError(
+        f"ckpt_path={ckpt_path!r} was trained on other class names than the data's (class: checkpoint vs data; "
+        f"first differences {', '.join(diffs)})"
+    )
 
 
 @torch.no_grad()
@@ -75,6 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.resolution = hp["resolution"]
     datamodule = checkpoint_datamodule(cfg.data, hp, batch_size=cfg.batch_size)
     datamodule.setup("test")
+    check_class_names(cfg.ckpt_path, hp.get("class_names"), list(datamodule.class_names))
     result = evaluate(module, datamodule.split_dataloader(cfg.split), device)
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -18,7 +18,7 @@ from mobilenet_pl.deploy import PARITY_TOLERANCE, check_parity, export_onnx, exp
 from mobilenet_pl.errors import CheckFailedError, require
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
 from mobilenet_pl.models.registry import resolve_model_name
-from mobilenet_pl.tool import output_path, run_tool
+from mobilenet_pl.tool import check_output, output_path, run_tool
 
 MIN_OPSET = 9
 
@@ -28,6 +28,7 @@ def export(cfg: DictConfig) -> None:
     onnx = cfg.format == ExportFormat.onnx
     if onnx:
         require("onnx", "format=onnx")
+    out = check_output("out", output_path(cfg.out, cfg.ckpt_path, ".onnx" if onnx else ".ts"), cfg.overwrite)
     model, hp = load_model(cfg.ckpt_path)
     resolution = hp["resolution"] if cfg.resolution is None else cfg.resolution
     mean, std = cfg.mean, cfg.std
@@ -35,7 +36,6 @@ def export(cfg: DictConfig) -> None:
         from mobilenet_pl.lit.data import IMAGENET_MEAN, IMAGENET_STD
 
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-    out = output_path(cfg.out, cfg.ckpt_path, ".onnx" if onnx else ".ts")
     names = hp.get("class_names") or [str(i) for i in range(hp["num_classes"])]
     common: dict[str, Any] = {"name": resolve_model_name(hp["model"]["name"]), "width": hp["model"]["width"]}
     if onnx:

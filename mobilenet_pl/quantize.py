@@ -25,7 +25,7 @@ from mobilenet_pl.deploy import export_onnx, load_model, onnx_accuracy, ort_call
 from mobilenet_pl.errors import require
 from mobilenet_pl.models.registry import resolve_model_name
 from mobilenet_pl.timing import interleaved
-from mobilenet_pl.tool import checkpoint_datamodule, output_path, run_tool
+from mobilenet_pl.tool import check_output, checkpoint_datamodule, output_path, run_tool
 
 
 def batch1_latency(
@@ -43,17 +43,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_values(cfg, {"calib_batches": 1, "batch_size": 1, "calls": 1, "repeats": 1, "threads": 1})
     require("onnxruntime", "quantize")
     threads = torch.get_num_threads() if cfg.threads is None else cfg.threads
+    int8_path = output_path(cfg.out, cfg.ckpt_path, ".int8.onnx")
+    base = int8_path.name.removesuffix(".onnx").removesuffix(".int8")
+    fp32_path = int8_path.with_name(base + ".onnx")
+    if fp32_path == int8_path:  # out=model.onnx: keep the fp32 model beside it under another name
+        fp32_path = int8_path.with_name(base + ".fp32.onnx")
     model, hp = load_model(cfg.ckpt_path)
     if cfg.resolution is None:
         cfg.resolution = hp["resolution"]
     datamodule = checkpoint_datamodule(cfg.data, hp, batch_size=cfg.batch_size, num_workers=0)
     datamodule.setup("fit")
     datamodule.setup("test")
-    int8_path = output_path(cfg.out, cfg.ckpt_path, ".int8.onnx")
-    base = int8_path.name.removesuffix(".onnx").removesuffix(".int8")
-    fp32_path = int8_path.with_name(base + ".onnx")
-    if fp32_path == int8_path:  # out=model.onnx: keep the fp32 model beside it under another name
-        fp32_path = int8_path.with_name(base + ".fp32.onnx")
+    for path in (int8_path, fp32_path):  # an earlier quantization, maybe with other settings, stays
+        check_output("out", path, cfg.overwrite)
     names = hp.get("class_names") or [str(i) for i in range(hp["num_classes"])]
     name = resolve_model_name(hp["model"]["name"])
     export_onnx(model, fp32_path, cfg.resolution, names, name=name, width=hp["model"]["width"])

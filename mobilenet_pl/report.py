@@ -8,6 +8,7 @@ on your data). Runs by itself at the end of every multirun through the ``SweepSu
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 from mobilenet_pl.errors import ConfigError
 from mobilenet_pl.plots import _pyplot
 from mobilenet_pl.results import RESULTS_FILE, read_results
-from mobilenet_pl.tool import run_tool
+from mobilenet_pl.tool import FAILED_FILE, run_tool
 
 COLUMNS = [
     "job",
@@ -35,18 +36,25 @@ COLUMNS = [
     "epochs",
     "wall_time_s",
     "run_dir",
+    "error",  # a failed job: its one-line reason (the other columns stay empty)
 ]
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job that wrote results.json, in job order."""
+    """One row per job that wrote results.json or failed (failed.json), in job order."""
     rows = []
-    for path in sorted(sweep_dir.rglob(RESULTS_FILE), key=lambda p: _job_key(p.parent.name)):
+    finished = list(sweep_dir.rglob(RESULTS_FILE))
+    failed = [path for path in sweep_dir.rglob(FAILED_FILE) if not (path.parent / RESULTS_FILE).is_file()]
+    for path in sorted([*finished, *failed], key=lambda p: _job_key(p.parent.name)):
+        job = {"job": path.parent.relative_to(sweep_dir).as_posix(), "run_dir": str(path.parent)}
+        if path.name == FAILED_FILE:
+            rows.append({**dict.fromkeys(COLUMNS), **job, "error": json.loads(path.read_text()).get("error")})
+            continue
         results = read_results(path)
         metrics = results.get("metrics", {})
         rows.append(
             {
-                "job": path.parent.relative_to(sweep_dir).as_posix(),
+                **job,
                 "model": results["model"],
                 "width": results["width"],
                 "resolution": results["resolution"],
@@ -58,7 +66,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
                 "test_samples": results.get("test_samples"),
                 "epochs": results.get("epochs"),
                 "wall_time_s": round(results.get("wall_time_s", 0.0), 1),
-                "run_dir": str(path.parent),
+                "error": None,
             }
         )
     return rows
@@ -78,6 +86,7 @@ def write_summary(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> Path:
     """Accuracy vs mult-adds (log scale); points of one model and resolution are joined by width."""
+    rows = [row for row in rows if row["error"] is None]  # failed jobs have no point
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     metric = "test_acc1" if all(r["test_acc1"] is not None for r in rows) else "val_acc1"
@@ -121,6 +130,9 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path] | None:
 def format_rows(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'job':<6}{'model':<14}{'width':>6}{'res':>5}{'M madds':>9}{'val top-1':>10}{'test top-1':>11}"]
     for r in rows:
+        if r["error"] is not None:
+            lines.append(f"{r['job']:<6}failed: {r['error']}")
+            continue
         val = f"{100 * r['val_acc1']:.2f}" if r["val_acc1"] is not None else "-"
         test = f"{100 * r['test_acc1']:.2f}" if r["test_acc1"] is not None else "-"
         lines.append(
@@ -136,6 +148,12 @@ class SweepSummary(Callback):
         written = write_report(config.hydra.sweep.dir)
         if written:
             print(f"sweep summary: {written[0]}\ntrade-off plot: {written[1]}")
+        failed = [row for row in collect(Path(config.hydra.sweep.dir)) if row["error"] is not None]
+        if failed:
+            print(
+                f"{len(failed)} job(s) failed: {', '.join(row['job'] for row in failed)} (see summary.csv)",
+                file=sys.stderr,
+            )
 
 
 def report(cfg: DictConfig) -> None:

@@ -17,11 +17,13 @@ from typing import Any
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mobilenet_pl.config import config_dir, register_schemas
-from mobilenet_pl.errors import ConfigError, error_boundary, require
+from mobilenet_pl.config import check_known_keys, check_run_dir, config_dir, register_schemas
+from mobilenet_pl.errors import EXIT_BAD_INPUT, ConfigError, error_boundary, one_line, require
 
 # overrides that need a plugin from the ``sweeps`` extra
 PLUGIN_OF_OVERRIDE = {
@@ -42,7 +44,9 @@ def _check_composes(name: str, args: Sequence[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            compose(name, overrides=list(args))
+            cfg = compose(name, overrides=list(args), return_hydra_config=True)
+            check_run_dir(str(cfg.hydra.run.dir))  # Hydra would make it before the job, with a traceback
+            check_known_keys(name, cfg)
     finally:
         GlobalHydra.instance().clear()
 
@@ -57,8 +61,19 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
     register_schemas()
 
     def job(cfg: DictConfig) -> Any:
-        with error_boundary():
-            return task(cfg)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            with error_boundary():
+                check_known_keys(name, cfg)  # Hydra flags skip `_check_composes`
+                return task(cfg)
+        try:  # a failed job of a sweep is recorded and the sweep goes on
+            with error_boundary():
+                check_known_keys(name, cfg)
+                return task(cfg)
+        except (Exception, SystemExit) as err:
+            if isinstance(err, SystemExit) and err.code != EXIT_BAD_INPUT:  # e.g. SIGTERM's 143: stop the sweep
+                raise
+            record_failure(Path(HydraConfig.get().runtime.output_dir), err)
+            return None
 
     job.__module__ = f"mobilenet_pl.{name}"  # Hydra names the job (and its log file) after the module
     app = hydra.main(version_base="1.3", config_path=config_dir(), config_name=name)(job)
@@ -80,6 +95,26 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
     return status
 
 
+FAILED_FILE = "failed.json"
+
+
+def record_failure(run_dir: Path, err: BaseException) -> None:
+    """Write ``failed.json`` (the one-line reason) into a failed sweep job's dir, for the sweep summary."""
+    import json
+    import logging
+    import traceback
+
+    if isinstance(err, SystemExit):  # an expected failure: its one line is already on stderr
+        reason = f"exit status {err.code}: see the job's stderr"
+        if err.__context__ is not None:
+            reason = one_line(err.__context__)
+    else:  # a bug: keep its traceback in the log
+        logging.getLogger("mobilenet_pl").error("job in %s failed:\n%s", run_dir, traceback.format_exc())
+        reason = f"{err.__class__.__name__}: {one_line(err)}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / FAILED_FILE).write_text(json.dumps({"error": reason}) + "\n")
+
+
 def checkpoint_datamodule(data: DictConfig, hp: Mapping[str, Any], **overrides: Any) -> Any:
     """The DataModule of ``data`` (a conf/data option), checked against a checkpoint's classes and channels."""
     datamodule = instantiate(data, **overrides)
@@ -95,3 +130,20 @@ def checkpoint_datamodule(data: DictConfig, hp: Mapping[str, Any], **overrides: 
 def output_path(out: str | None, ckpt_path: str, suffix: str) -> Path:
     """``out``, or the checkpoint's path with ``suffix`` (the export lands next to its checkpoint)."""
     return Path(out).expanduser() if out else Path(ckpt_path).expanduser().with_suffix(suffix)
+
+
+def check_output(key: str, path: Path, overwrite: bool) -> Path:
+    """``path`` may be written: not a folder, its folder not a file, no checkpoint replaced, and an existing
+    file (an earlier export, maybe with other settings) replaced only with ``overwrite=true``."""
+    if path.is_dir():
+        raise ConfigError(f"{key}={str(path)!r} is not allowed: it is a folder; give a file path")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{key}={str(path)!r} is not allowed: {str(parent)!r} is a file, not a folder")
+    if path.exists() and path.suffix == ".ckpt":
+        raise ConfigError(f"{key}={str(path)!r} is not allowed: it would replace a checkpoint")
+    if path.exists() and not overwrite:
+        raise ConfigError(
+            f"{key}={str(path)!r} is not allowed: the file exists; set overwrite=true to replace it or choose another {key}"
+        )
+    return path

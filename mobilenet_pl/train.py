@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -29,7 +30,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from mobilenet_pl.config import validate
+from mobilenet_pl.config import check_resume_checkpoint, validate
+from mobilenet_pl.errors import ConfigError
 from mobilenet_pl.lit.callbacks import Throughput
 from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
 from mobilenet_pl.lit.classifier import MobileNetClassifier
@@ -157,6 +159,37 @@ def ddp_job_scope(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
         job_file.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` for the run's life: a second run started in the same dir (the same
+    ``hydra.run.dir``, or the same second of the default dir) is refused instead of overwriting this one's
+    last.ckpt and results.json. A lock dies with its process, so a requeued or restarted run resumes."""
+    import fcntl
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 (held until the run ends)
+    except OSError as err:
+        raise ConfigError(f"run dir {str(run_dir)!r} cannot be used: {err.strerror or err}") from err
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise ConfigError(
+                f"hydra.run.dir={str(run_dir)!r} is in use by another run ({owner}); give this run its own "
+                "hydra.run.dir, or wait for that run to end"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
 def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     """``ckpt_path``, else (``auto_resume``) the job's own ``last.ckpt`` after a preemption requeue."""
     if cfg.ckpt_path:
@@ -185,7 +218,11 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
         plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves a broken checkpoint
     )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir), weights_only=True)
+    resume = resume_path(cfg, run_dir)
+    if resume is not None:  # ckpt_path and an auto-resumed last.ckpt get the same checks
+        key = "ckpt_path" if cfg.ckpt_path else "auto_resume"
+        check_resume_checkpoint(key, resume, module.hparams, module.state_dict())
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if cfg.test:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
@@ -219,7 +256,7 @@ def hydra_job(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     # jobs of one sweep share a W&B group named after the sweep dir; each job is its own W&B run
     group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
-    with ddp_job_scope(cfg, run_dir):
+    with run_dir_lock(run_dir), ddp_job_scope(cfg, run_dir):
         return train(cfg, run_dir, group)["metrics"].get("val/acc1")
 
 
