@@ -159,13 +159,11 @@ def ddp_job_scope(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
         job_file.unlink(missing_ok=True)
 
 
-def _node_rank() -> int:
-    """This node's rank as Lightning reads it (torchrun/manual ``NODE_RANK``/``GROUP_RANK``, SLURM's ``SLURM_NODEID``)."""
-    for key in ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID"):
-        value = os.environ.get(key, "")
-        if value.isdigit():
-            return int(value)
-    return 0
+def _launched_as_extra_process() -> bool:
+    """True in every process of a job but the first: another node (``NODE_RANK``/``GROUP_RANK``/
+    ``SLURM_NODEID``) or another task of a SLURM or torchrun launch (``SLURM_PROCID``/``RANK``)."""
+    keys = ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID", "SLURM_PROCID", "RANK", "LOCAL_RANK")
+    return any(os.environ.get(key, "0").isdigit() and int(os.environ.get(key, "0")) > 0 for key in keys)
 
 
 @contextlib.contextmanager
@@ -173,10 +171,10 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/.lock`` for the run's life: a second run started in the same dir (the same
     ``hydra.run.dir``, or the same second of the default dir) is refused instead of overwriting this one's
     last.ckpt and results.json. A lock dies with its process, so a requeued or restarted run resumes.
-    Only node 0 locks: the other nodes of a multi-node job may share the dir on a shared file system."""
+    Only a job's first process locks: its other nodes and SLURM tasks share the dir."""
     import fcntl
 
-    if _node_rank() > 0:
+    if _launched_as_extra_process():
         yield
         return
 
