@@ -63,7 +63,7 @@ class MobileNetClassifier(L.LightningModule):
         >>> module = MobileNetClassifier({"name": "v2", "width": 0.5}, num_classes=10, resolution=32)
         >>> module(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
-        >>> module.hparams["model"]["small_input"]
+        >>> module.hparams["model"].get("small_input")
         False
     """
 
