@@ -17,7 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mobilenet_pl.errors import ConfigError
+from mobilenet_pl.errors import EXIT_BAD_INPUT, ConfigError
 from mobilenet_pl.plots import _pyplot
 from mobilenet_pl.results import RESULTS_FILE, read_results
 from mobilenet_pl.tool import FAILED_FILE, run_tool
@@ -154,6 +154,8 @@ class SweepSummary(Callback):
                 f"{len(failed)} job(s) failed: {', '.join(row['job'] for row in failed)} (see summary.csv)",
                 file=sys.stderr,
             )
+            # the other jobs ran and the summary is written; the exit status still tells scripts and CI
+            raise SystemExit(EXIT_BAD_INPUT)
 
 
 def report(cfg: DictConfig) -> None:

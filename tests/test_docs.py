@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,14 +104,19 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _fill_placeholders(args: list[str], made: dict[str, Path]) -> list[str]:
+def _fill_placeholders(args: list[str], made: dict[str, Path], workdir: Path) -> list[str]:
+    """Placeholders become the files made here; a checkpoint is copied into ``workdir`` first, so what a
+    command writes next to it (an export, a quantized model) is its own, as after a reader's own run."""
     folder_data = "data=imagefolder" in args
     out = []
     for arg in args:
         key, _, value = arg.partition("=")
         if key == "ckpt_path" and ("..." in value or "DATE" in value):
             ckpt = made["folder"] if folder_data else made["digits_last" if "last.ckpt" in value else "digits"]
-            arg = f"ckpt_path={ckpt}"
+            copy = workdir / "checkpoints" / ckpt.name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ckpt, copy)
+            arg = f"ckpt_path={copy}"
         elif key == "data.root" and value.startswith("/data/"):
             arg = f"data.root={made['images']}"
         elif key == "sweep_dir" and value == "SWEEP_DIR":
@@ -146,7 +152,7 @@ def test_documented_command_runs(doc: str, command: str, made: dict[str, Path], 
     words = shlex.split(command)
     assert words[:2] == ["python", "-m"] and words[2].startswith("mobilenet_pl."), f"{doc}: unexpected {command!r}"
     tool = words[2].removeprefix("mobilenet_pl.")
-    args = _fast(tool, _fill_placeholders(words[3:], made))
+    args = _fast(tool, _fill_placeholders(words[3:], made, tmp_path))
     env = {**os.environ, "WANDB_MODE": "offline"}
     proc = subprocess.run(
         [sys.executable, "-m", words[2], *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
