@@ -257,7 +257,10 @@ class MobileNetClassifier(L.LightningModule):
         as separate hyperparameters) are translated to today's ``model`` dict."""
         kwargs.setdefault("weights_only", True)
         if "model" not in kwargs and isinstance(checkpoint_path, (str, Path)):
-            raw = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+            from mobilenet_pl.config import check_checkpoint
+
+            # one clear line for a missing, empty, foreign or pickled file, not torch's mmap or pickle message
+            raw = check_checkpoint("checkpoint_path", str(checkpoint_path))
             hparams = raw.get("hyper_parameters", {}) if isinstance(raw, dict) else {}
             if isinstance(hparams.get("model"), str):
                 kwargs["model"] = upgrade_hparams(hparams)["model"]

@@ -86,3 +86,26 @@ def test_unreadable_pretrained_weights_are_one_line(
     monkeypatch.chdir(tmp_path)
     line = refusal([f"hydra.run.dir={tmp_path / 'run'}", f"model.pretrained={weights}"], capsys)
     assert line.startswith(f"error: model.pretrained='{weights}' is not allowed: not a readable weights file")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty"),
+        (b'{"val/acc1": 0.9}', "not a loadable tensor-only checkpoint"),
+        (b"\x80\x04K\x01.", "tensor-only"),
+    ],
+    ids=["empty", "results-json", "raw-pickle"],
+)
+def test_library_load_from_checkpoint_names_a_file_that_is_no_checkpoint(
+    content: bytes, reason: str, tmp_path: Path
+) -> None:
+    """``MobileNetClassifier.load_from_checkpoint`` of a file that is no checkpoint (a results.json passed by
+    mistake, an empty file) says so, instead of torch's advice about mmap and zip serialization."""
+    from mobilenet_pl.lit.classifier import MobileNetClassifier
+
+    path = tmp_path / "results.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"checkpoint_path=.*results.json.*{reason}") as caught:
+        MobileNetClassifier.load_from_checkpoint(path)
+    assert "mmap" not in str(caught.value)
