@@ -278,20 +278,45 @@ def test_failed_checkpoint_write_reports_and_keeps_the_previous_one(
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
 
 
-def test_disk_full_during_training_is_one_clear_line(tmp_path: Path) -> None:
-    # a real process whose checkpoint writes fail after the first one (torch.save patched in-process)
-    script = tmp_path / "fill_disk.py"
+# Write failures injected in a real training process after its first checkpoint writes (patched in-process: this
+# machine runs tests as root, which no folder permission stops).
+FULL_DISK = """
+import errno, torch
+real, calls = torch.save, []
+def save(*a, **k):
+    calls.append(1)
+    if len(calls) > 2: raise OSError(errno.ENOSPC, 'No space left on device')
+    return real(*a, **k)
+torch.save = save
+"""
+# a read-only checkpoints folder: opening a new file there and removing one both fail, as for a non-root user
+READ_ONLY_CHECKPOINTS = """
+import errno, pathlib
+real_open, real_unlink, opened = pathlib.Path.open, pathlib.Path.unlink, []
+def denied(path):
+    return PermissionError(errno.EACCES, 'Permission denied', str(path))
+def open_(self, mode='r', *a, **k):
+    if self.parent.name == 'checkpoints' and 'w' in mode:
+        opened.append(1)
+        if len(opened) > 2: raise denied(self)
+    return real_open(self, mode, *a, **k)
+def unlink(self, *a, **k):
+    if self.parent.name == 'checkpoints' and len(opened) > 2: raise denied(self)
+    return real_unlink(self, *a, **k)
+pathlib.Path.open, pathlib.Path.unlink = open_, unlink
+"""
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [(FULL_DISK, "No space left"), (READ_ONLY_CHECKPOINTS, "Permission denied")],
+    ids=["disk-full", "read-only-checkpoints-dir"],
+)
+def test_checkpoint_write_failure_during_training_is_one_clear_line(failure: str, reason: str, tmp_path: Path) -> None:
+    script = tmp_path / "fail_writes.py"
     script.write_text(
-        "import errno, sys, torch\n"
-        "real, calls = torch.save, []\n"
-        "def save(*a, **k):\n"
-        "    calls.append(1)\n"
-        "    if len(calls) > 2: raise OSError(errno.ENOSPC, 'No space left on device')\n"
-        "    return real(*a, **k)\n"
-        "torch.save = save\n"
-        "sys.argv = ['mobilenet_pl.train', *sys.argv[1:]]\n"
-        "from mobilenet_pl.train import main\n"
-        "main()\n"
+        failure
+        + "import sys\nsys.argv = ['mobilenet_pl.train', *sys.argv[1:]]\nfrom mobilenet_pl.train import main\nmain()\n"
     )
     proc = subprocess.run(
         [sys.executable, str(script), *LONG_RUN, "trainer.max_epochs=5"],
@@ -301,7 +326,9 @@ def test_disk_full_during_training_is_one_clear_line(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 2
-    assert "error: could not write checkpoint" in proc.stderr and "previous checkpoint there is intact" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: could not write checkpoint"), proc.stderr[-2000:]
+    assert reason in errors[0] and "previous checkpoint there is intact" in errors[0]
     for ckpt in tmp_path.glob("outputs/*/*/checkpoints/*.ckpt"):
         load_weights(ckpt)  # what is there still loads
 
