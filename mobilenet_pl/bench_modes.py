@@ -1,0 +1,107 @@
+"""The benchmark's ``modes`` section: one training step of our model eager, under ``torch.compile`` and with
+CUDA graphs, at each of ``modes_batches`` -- which way of running is fastest at small batches, and is it right.
+
+- ``eager``: plain PyTorch;
+- ``compile``: ``torch.compile(model)`` (TorchInductor, mode ``default``);
+- ``cudagraphs``: ``torch.compile(model, mode="reduce-overhead")``: Inductor plus CUDA graphs, which
+  replay a step's kernels with one launch. CUDA only: skipped with a note elsewhere.
+
+The optimizer step stays eager in every mode, as in the training app (``compile=true`` compiles the
+backbone). Every mode starts from the same weights, with dropout off, and first runs ``CHECK_STEPS``
+steps on the same batch (this is also where compilation happens, timed as ``first_steps_s``); its
+losses must match eager's within ``LOSS_RTOL`` (relative), or the mode is reported as incorrect. Then the
+modes are timed in alternation like every other section; the ratios are speeds relative to eager.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:  # benchmark.py imports this module
+    from collections.abc import Callable
+
+    from mobilenet_pl.benchmark import Config
+
+CHECK_STEPS = 3  # a few SGD steps: a wrong gradient shows in the second and third loss
+# relative loss difference allowed: reordered float sums (fp32), or bf16/fp16 rounding of activations
+LOSS_RTOL = {"fp32": 1e-3, "bf16": 3e-2, "fp16": 3e-2}
+
+
+def _stepper(model: torch.nn.Module, cfg: Config, batch: Any, graphs: bool) -> Callable[[], torch.Tensor]:
+    from mobilenet_pl.benchmark import _train_step
+
+    step = _train_step(model, cfg, batch)
+    if not graphs:
+        return step
+
+    def graphed_step() -> torch.Tensor:
+        # a new iteration: the graphs' output buffers of the previous step may be overwritten
+        torch.compiler.cudagraph_mark_step_begin()
+        return step().clone()
+
+    return graphed_step
+
+
+def bench_modes(cfg: Config, notes: list[str]) -> dict[str, Any]:
+    """ms per training step (as images/s) of each mode at each batch size, plus the loss check."""
+    from mobilenet_pl.benchmark import FAMILIES, MODES, _batch, interleaved
+    from mobilenet_pl.models import create_model
+    from mobilenet_pl.timing import Entry, make_group, median
+
+    family = "v2" if "v2" in cfg.families else cfg.families[0]
+    modes = [m for m in cfg.modes if m != "cudagraphs" or cfg.device == "cuda"]
+    if len(modes) < len(cfg.modes):
+        notes.append("modes: cudagraphs (torch.compile mode='reduce-overhead') needs CUDA; skipped on the CPU")
+    if "eager" not in modes:
+        modes.insert(0, "eager")  # the reference for the ratios and the loss check
+    base = create_model(FAMILIES[family], width=cfg.width, dropout=0.0).to(cfg.device).train()
+    if cfg.channels_last:
+        base = base.to(memory_format=torch.channels_last)
+    out: dict[str, Any] = {}
+    for batch_size in cfg.modes_batches:
+        torch._dynamo.reset()  # each batch size compiles afresh (no dynamic-shape recompilation)
+        batch = _batch(cfg, batch_size)
+        steps: dict[str, Callable[[], torch.Tensor]] = {}
+        losses: dict[str, list[float]] = {}
+        first_steps: dict[str, float] = {}
+        for mode in modes:
+            model = copy.deepcopy(base)
+            compile_mode = MODES[mode]
+            run = model if compile_mode is None else torch.compile(model, mode=compile_mode)
+            step = _stepper(run, cfg, batch, graphs=mode == "cudagraphs")
+            started = time.perf_counter()
+            losses[mode] = [float(step()) for _ in range(CHECK_STEPS)]
+            first_steps[mode] = time.perf_counter() - started
+            steps[mode] = step
+        samples = interleaved(steps, cfg.steps, cfg.repeats, cfg.warmup)
+        entries = {
+            mode: Entry(
+                f"{FAMILIES[family]} w{cfg.width:g} training step, {mode}",
+                "peer" if mode == "eager" else "ours",
+                batch_size / median(samples[mode]),
+                [batch_size / s for s in samples[mode]],
+            )
+            for mode in modes
+        }
+        group = make_group("images/s", True, entries)
+        group["loss_check"] = {
+            mode: {
+                "losses": losses[mode],
+                "max_rel_diff": max(abs(a - b) / abs(b) for a, b in zip(losses[mode], losses["eager"], strict=True)),
+                "first_steps_s": first_steps[mode],
+            }
+            for mode in modes
+        }
+        for check in group["loss_check"].values():
+            check["correct"] = check["max_rel_diff"] <= LOSS_RTOL[cfg.precision]
+        out[f"{family} batch {batch_size}"] = group
+        del steps
+    notes.append(
+        f"modes: dropout off; losses of the first {CHECK_STEPS} steps vs eager within {LOSS_RTOL[cfg.precision]:g} "
+        "relative = correct; first_steps_s includes compilation; 'x best peer' is x eager"
+    )
+    return out
