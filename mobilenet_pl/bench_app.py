@@ -137,22 +137,20 @@ def pipeline_images_per_s(cfg: Config, root: Path, decode_on: str, batches: int)
         images, _ = augment(batch) if augment is not None else batch
         return len(images)
 
-    images = 0
-    seen = 0
-    started = 0.0
-    while seen <= batches:
+    sync = torch.cuda.synchronize if cfg.device == "cuda" else (lambda: None)
+    images, seen, started = 0, 0, 0.0
+    while seen <= batches:  # epochs, until 1 + batches batches
         for batch in loader:
             count = fetch(batch)
             if seen == 0:
-                torch.cuda.synchronize() if cfg.device == "cuda" else None
+                sync()
                 started = time.perf_counter()
             else:
                 images += count
             seen += 1
             if seen > batches:
                 break
-    if cfg.device == "cuda":
-        torch.cuda.synchronize()
+    sync()
     elapsed = time.perf_counter() - started
     del loader  # ends the persistent workers
     return images / elapsed

@@ -8,9 +8,12 @@ CUDA graphs, at each of ``modes_batches`` -- which way of running is fastest at 
 
 The optimizer step stays eager in every mode, as in the training app (``compile=true`` compiles the
 backbone). Every mode starts from the same weights, with dropout off, and first runs ``CHECK_STEPS``
-steps on the same batch (this is also where compilation happens, timed as ``first_steps_s``); its
-losses must match eager's within ``LOSS_RTOL`` (relative), or the mode is reported as incorrect. Then the
-modes are timed in alternation like every other section; the ratios are speeds relative to eager.
+steps on the same batch (this is also where compilation happens, timed as ``first_steps_s``). A mode is
+correct when its first step's loss and its first weight update (the SGD step of its gradients) match
+eager's within ``RTOL``. Losses of later steps are recorded, not checked: training amplifies rounding
+differences step by step (eager itself, run channels-last instead of contiguous, differs by ~1e-3 relative
+after 3 steps of V2 1.0 at batch 32). Then the modes are timed in alternation like every other section;
+the ratios are speeds relative to eager.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ if TYPE_CHECKING:  # benchmark.py imports this module
 
     from mobilenet_pl.benchmark import Config
 
-CHECK_STEPS = 3  # a few SGD steps: a wrong gradient shows in the second and third loss
-# relative loss difference allowed: reordered float sums (fp32), or bf16/fp16 rounding of activations
-LOSS_RTOL = {"fp32": 1e-3, "bf16": 3e-2, "fp16": 3e-2}
+CHECK_STEPS = 3  # losses recorded per mode; the first step's loss and update are checked
+# allowed relative difference from eager of the first loss and the first update (L2 norm): reordered float
+# sums (fp32), or bf16/fp16 rounding of activations. A wrong gradient term is off by far more.
+RTOL = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 5e-2}
 
 
 def _stepper(model: torch.nn.Module, cfg: Config, batch: Any, graphs: bool) -> Callable[[], torch.Tensor]:
@@ -61,12 +65,14 @@ def bench_modes(cfg: Config, notes: list[str]) -> dict[str, Any]:
     base = create_model(FAMILIES[family], width=cfg.width, dropout=0.0).to(cfg.device).train()
     if cfg.channels_last:
         base = base.to(memory_format=torch.channels_last)
+    start = [p.detach().clone() for p in base.parameters()]
     out: dict[str, Any] = {}
     for batch_size in cfg.modes_batches:
         torch._dynamo.reset()  # each batch size compiles afresh (no dynamic-shape recompilation)
         batch = _batch(cfg, batch_size)
         steps: dict[str, Callable[[], torch.Tensor]] = {}
         losses: dict[str, list[float]] = {}
+        updates: dict[str, torch.Tensor] = {}
         first_steps: dict[str, float] = {}
         for mode in modes:
             model = copy.deepcopy(base)
@@ -74,7 +80,11 @@ def bench_modes(cfg: Config, notes: list[str]) -> dict[str, Any]:
             run = model if compile_mode is None else torch.compile(model, mode=compile_mode)
             step = _stepper(run, cfg, batch, graphs=mode == "cudagraphs")
             started = time.perf_counter()
-            losses[mode] = [float(step()) for _ in range(CHECK_STEPS)]
+            losses[mode] = [float(step())]
+            updates[mode] = torch.cat(
+                [(p.detach() - b).flatten().float().cpu() for p, b in zip(model.parameters(), start, strict=True)]
+            )
+            losses[mode] += [float(step()) for _ in range(CHECK_STEPS - 1)]
             first_steps[mode] = time.perf_counter() - started
             steps[mode] = step
         samples = interleaved(steps, cfg.steps, cfg.repeats, cfg.warmup)
@@ -88,20 +98,23 @@ def bench_modes(cfg: Config, notes: list[str]) -> dict[str, Any]:
             for mode in modes
         }
         group = make_group("images/s", True, entries)
+        eager_update = updates["eager"].norm()
         group["loss_check"] = {
             mode: {
                 "losses": losses[mode],
-                "max_rel_diff": max(abs(a - b) / abs(b) for a, b in zip(losses[mode], losses["eager"], strict=True)),
+                "loss_rel_diff": abs(losses[mode][0] - losses["eager"][0]) / abs(losses["eager"][0]),
+                "update_rel_diff": float((updates[mode] - updates["eager"]).norm() / eager_update),
                 "first_steps_s": first_steps[mode],
             }
             for mode in modes
         }
         for check in group["loss_check"].values():
-            check["correct"] = check["max_rel_diff"] <= LOSS_RTOL[cfg.precision]
+            check["correct"] = max(check["loss_rel_diff"], check["update_rel_diff"]) <= RTOL[cfg.precision]
         out[f"{family} batch {batch_size}"] = group
         del steps
     notes.append(
-        f"modes: dropout off; losses of the first {CHECK_STEPS} steps vs eager within {LOSS_RTOL[cfg.precision]:g} "
-        "relative = correct; first_steps_s includes compilation; 'x best peer' is x eager"
+        f"modes: dropout off; correct = first step's loss and weight update within {RTOL[cfg.precision]:g} "
+        f"(relative) of eager's; the time shown is the first {CHECK_STEPS} steps, compilation included; "
+        "'x best peer' is x eager"
     )
     return out

@@ -606,9 +606,13 @@ def format_table(results: dict[str, Any]) -> str:
                 what = f"app decode_on={decode_on}: share of step time waiting for data"
                 lines.append(f"{section:<10}{name:<14}{what:<76}{100 * wait:>11.1f}%")
             for mode, check in group.get("loss_check", {}).items():
-                what = f"{mode}: loss vs eager (first {len(check['losses'])} steps), compile + steps {check['first_steps_s']:.1f} s"
+                what = (
+                    f"{mode}: 1st loss, update vs eager (rel.); first {len(check['losses'])} steps "
+                    f"{check['first_steps_s']:.1f} s"
+                )
                 verdict = "correct" if check["correct"] else "WRONG"
-                lines.append(f"{section:<10}{name:<14}{what:<76}{check['max_rel_diff']:>12.1e} {verdict}")
+                diffs = f"{check['loss_rel_diff']:.1e}, {check['update_rel_diff']:.1e}"
+                lines.append(f"{section:<10}{name:<14}{what:<76}{diffs:>17} {verdict}")
     return "\n".join(lines)
 
 
