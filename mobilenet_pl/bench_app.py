@@ -50,7 +50,9 @@ def make_imagenet_folder(root: Path, train_images: int, classes: int, val_per_cl
     for split, label, i in jobs:
         height, width = (int(side) for side in rng.integers(SIDE_RANGE[0], SIDE_RANGE[1] + 1, 2))
         coarse = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR), dtype=np.float32)
+        smooth = np.asarray(
+            Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32
+        )
         pixels = np.clip(smooth + rng.normal(0, 8, smooth.shape), 0, 255).astype(np.uint8)
         folder = root / split / f"c{label:03d}"
         folder.mkdir(parents=True, exist_ok=True)

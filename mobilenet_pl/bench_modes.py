@@ -77,7 +77,7 @@ def bench_modes(cfg: Config, notes: list[str]) -> dict[str, Any]:
         for mode in modes:
             model = copy.deepcopy(base)
             compile_mode = MODES[mode]
-            run = model if compile_mode is None else torch.compile(model, mode=compile_mode)
+            run: torch.nn.Module = model if compile_mode is None else torch.compile(model, mode=compile_mode)  # type: ignore[assignment]
             step = _stepper(run, cfg, batch, graphs=mode == "cudagraphs")
             started = time.perf_counter()
             losses[mode] = [float(step())]
