@@ -101,7 +101,9 @@ def test_benchmark_modes_section_checks_losses(tmp_path: Path, capsys: pytest.Ca
         assert set(group["entries"]) == ({"eager", "cudagraphs"} if torch.cuda.is_available() else {"eager"})
         check = group["loss_check"]["eager"]
         assert len(check["losses"]) == 3 and check["correct"]
-        assert check["loss_rel_diff"] == 0.0 and check["update_rel_diff"] == 0.0  # eager against itself
+        # eager fp32 against eager float64: rounding only, not zero, far from a wrong gradient
+        assert 0 < check["loss_rel_error"] < 1e-4 and 0 < check["update_rel_error"] < 0.1
+        assert check["losses"][0] == pytest.approx(group["loss_check"]["reference_loss"], rel=1e-4)
         assert check["losses"][2] != check["losses"][0]  # the SGD steps changed the weights
     if not torch.cuda.is_available():
         assert any("cudagraphs" in note and "skipped" in note for note in report["notes"])
