@@ -25,12 +25,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:  # benchmark.py imports this module
-    from mobilenet_pl.benchmark import Config
+from mobilenet_pl.bench_step import FAMILIES, Config, network_train_samples, quiet_lightning
+from mobilenet_pl.timing import Entry, make_group, median
 
 DECODE_ON = ("workers", "device")
 SIDE_RANGE = (300, 500)  # image sides, as ImageNet photos after the usual downscale
@@ -113,10 +113,9 @@ def pipeline_images_per_s(cfg: Config, root: Path, decode_on: str, batches: int)
     import lightning as L
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
-    from mobilenet_pl.benchmark import _quiet_lightning
     from mobilenet_pl.lit.data import ImageFolderDataModule
 
-    _quiet_lightning()
+    quiet_lightning()
 
     data = ImageFolderDataModule(
         root=str(root),
@@ -160,9 +159,6 @@ def pipeline_images_per_s(cfg: Config, root: Path, decode_on: str, batches: int)
 
 def bench_app(cfg: Config, notes: list[str]) -> dict[str, Any]:
     """End-to-end training app vs network-only vs pipeline-only images/s, for each ``decode_on``."""
-    from mobilenet_pl.benchmark import FAMILIES, network_train_samples
-    from mobilenet_pl.timing import Entry, make_group, median
-
     family = "v2" if "v2" in cfg.families else cfg.families[0]
     entries: dict[str, Entry] = {}
     waits: dict[str, float] = {}

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:  # benchmark.py imports this module
-    from collections.abc import Callable
-
-    from mobilenet_pl.benchmark import Config
+from mobilenet_pl.bench_step import FAMILIES, MODES, Config, make_batch, train_step
+from mobilenet_pl.models import create_model
+from mobilenet_pl.timing import Entry, interleaved, make_group, median
 
 CHECK_STEPS = 3  # losses recorded per mode; the first step's loss and update are checked
 # a mode may be this many times less accurate than eager against float64 (eager's channels-last and
@@ -51,9 +51,7 @@ def _first_loss_and_update(
 
 
 def _stepper(model: torch.nn.Module, cfg: Config, batch: Any, graphs: bool) -> Callable[[], torch.Tensor]:
-    from mobilenet_pl.benchmark import _train_step
-
-    step = _train_step(model, cfg, batch)
+    step = train_step(model, cfg, batch)
     if not graphs:
         return step
 
@@ -67,10 +65,6 @@ def _stepper(model: torch.nn.Module, cfg: Config, batch: Any, graphs: bool) -> C
 
 def bench_modes(cfg: Config, notes: list[str]) -> dict[str, Any]:
     """ms per training step (as images/s) of each mode at each batch size, plus the loss check."""
-    from mobilenet_pl.benchmark import FAMILIES, MODES, _batch, _train_step, interleaved
-    from mobilenet_pl.models import create_model
-    from mobilenet_pl.timing import Entry, make_group, median
-
     family = "v2" if "v2" in cfg.families else cfg.families[0]
     modes = [m for m in cfg.modes if m != "cudagraphs" or cfg.device == "cuda"]
     if len(modes) < len(cfg.modes):
@@ -84,13 +78,13 @@ def bench_modes(cfg: Config, notes: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for batch_size in cfg.modes_batches:
         torch._dynamo.reset()  # each batch size compiles afresh (no dynamic-shape recompilation)
-        batch = _batch(cfg, batch_size)
+        batch = make_batch(cfg, batch_size)
         steps: dict[str, Callable[[], torch.Tensor]] = {}
         losses: dict[str, list[float]] = {}
         updates: dict[str, torch.Tensor] = {}
         first_steps: dict[str, float] = {}
         reference = copy.deepcopy(base).double()
-        ref_step = _train_step(reference, cfg, (batch[0].double(), batch[1]))
+        ref_step = train_step(reference, cfg, (batch[0].double(), batch[1]))
         ref_loss, ref_update = _first_loss_and_update(ref_step, reference, start)
         del reference, ref_step
         for mode in modes:
@@ -114,7 +108,7 @@ def bench_modes(cfg: Config, notes: list[str]) -> dict[str, Any]:
             for mode in modes
         }
         group = make_group("images/s", True, entries)
-        checks = {
+        checks: dict[str, dict[str, Any]] = {
             mode: {
                 "losses": losses[mode],
                 "loss_rel_error": abs(losses[mode][0] - ref_loss) / abs(ref_loss),

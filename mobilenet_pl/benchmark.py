@@ -31,6 +31,20 @@ from torch import nn
 
 from mobilenet_pl.bench_app import bench_app
 from mobilenet_pl.bench_modes import bench_modes
+from mobilenet_pl.bench_step import (
+    FAMILIES,
+    LABEL_SMOOTHING,
+    LR,
+    MODES,
+    MOMENTUM,
+    WEIGHT_DECAY,
+    Config,
+)
+from mobilenet_pl.bench_step import autocast_for as _autocast
+from mobilenet_pl.bench_step import make_batch as _batch
+from mobilenet_pl.bench_step import prepare as _prepare
+from mobilenet_pl.bench_step import quiet_lightning as _quiet_lightning
+from mobilenet_pl.bench_step import train_step as _train_step
 from mobilenet_pl.config import check_values
 from mobilenet_pl.errors import ConfigError
 from mobilenet_pl.models import create_model
@@ -39,9 +53,7 @@ from mobilenet_pl.timing import Entry, interleaved, make_group, median
 from mobilenet_pl.tool import run_tool
 
 SECTIONS = ("train", "infer", "lightning", "pipeline", "export", "app", "modes")  # run in this order
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-FAMILIES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
-# per-device defaults: a CPU run of every section takes a few minutes on 2 cores
+# per-device defaults: a CPU run of every default section takes a few minutes on 2 cores
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": {"resolution": 128, "batch_size": 16, "steps": 2, "app_images": 256, "app_steps": 20, "modes_batches": [32]},
     "cuda": {
@@ -53,40 +65,8 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
         "modes_batches": [32, 256],
     },
 }
-# training-step variants of the modes section: torch.compile's mode for each (None: eager)
-MODES: dict[str, str | None] = {"eager": None, "compile": "default", "cudagraphs": "reduce-overhead"}
 LATENCY_CALLS_PER_STEP = 10  # batch-1 calls are short: time 10 x steps of them per repetition
 PIPELINE_IMAGES = 256  # JPEGs generated for the pipeline section (256 x 256, 4 classes)
-LR, MOMENTUM, WEIGHT_DECAY, LABEL_SMOOTHING = 0.01, 0.9, 4e-5, 0.1
-
-
-@dataclass
-class Config:
-    families: list[str]
-    width: float
-    resolution: int
-    batch_size: int
-    device: str
-    precision: str
-    channels_last: bool
-    compile: bool
-    steps: int
-    repeats: int
-    warmup: int
-    infer_batch: int
-    threads: int
-    sections: list[str]
-    json: str | None
-    app_images: int
-    app_classes: int
-    app_steps: int
-    app_workers: int
-    modes: list[str]
-    modes_batches: list[int]
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return PRECISIONS[self.precision]
 
 
 def settings(cfg: DictConfig) -> Config:
@@ -182,48 +162,6 @@ def contenders(family: str, width: float, num_classes: int = 1000) -> tuple[list
     return found, notes
 
 
-def _prepare(model: nn.Module, cfg: Config) -> nn.Module:
-    model = model.to(cfg.device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if cfg.compile else model  # type: ignore[return-value]
-
-
-def _batch(cfg: Config, batch_size: int, num_classes: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 3, cfg.resolution, cfg.resolution, generator=generator).to(cfg.device)
-    if cfg.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (batch_size,), generator=generator).to(cfg.device)
-    return x, y
-
-
-def _autocast(cfg: Config) -> torch.autocast:
-    return torch.autocast(cfg.device, dtype=cfg.dtype, enabled=cfg.dtype is not None)
-
-
-def _train_step(model: nn.Module, cfg: Config, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """One SGD training step on ``batch`` per call; returns the step's loss (detached, not read back)."""
-    x, y = batch
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    scaler = torch.amp.GradScaler(cfg.device) if cfg.dtype == torch.float16 else None
-
-    def step() -> torch.Tensor:
-        with _autocast(cfg):
-            loss = F.cross_entropy(model(x), y)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step
-
-
 def _infer_call(model: nn.Module, cfg: Config, x: torch.Tensor) -> Callable[[], None]:
     @torch.inference_mode()
     def call() -> None:
@@ -254,14 +192,6 @@ def bench_train(cfg: Config, notes: list[str]) -> dict[str, Any]:
         out[family] = make_group("images/s", True, entries)
         del steps
     return out
-
-
-def network_train_samples(cfg: Config, family: str, num_classes: int) -> list[float]:
-    """Seconds per training step of our model alone (the train section's step on one ready batch), one
-    sample per repetition: the yardstick of the ``app`` section."""
-    model = _prepare(create_model(FAMILIES[family], width=cfg.width, num_classes=num_classes).train(), cfg)
-    step = _train_step(model, cfg, _batch(cfg, cfg.batch_size, num_classes))
-    return interleaved({"network": step}, cfg.steps, cfg.repeats, cfg.warmup)["network"]
 
 
 def bench_infer(cfg: Config, notes: list[str]) -> dict[str, Any]:
@@ -416,17 +346,6 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
     group["overhead"] = entries["lightning"].value / entries["plain"].value - 1.0
     group["batch_size"] = cfg.batch_size
     return {family: group}
-
-
-def _quiet_lightning() -> None:
-    import logging
-    import warnings
-
-    # "GPU available but not used", "the number of training batches is small", ...: noise in a table
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
-    warnings.filterwarnings("ignore", module="lightning_fabric")
 
 
 def make_jpeg_folder(root: Path, count: int = PIPELINE_IMAGES, size: int = 256, classes: int = 4) -> Path:
