@@ -109,6 +109,28 @@ def test_benchmark_modes_section_checks_losses(tmp_path: Path, capsys: pytest.Ca
         assert any("cudagraphs" in note and "skipped" in note for note in report["notes"])
 
 
+def test_benchmark_modes_flags_a_mode_that_computes_something_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loss check can fail: a "compiled" model whose logits are scaled by 1.5 is reported WRONG."""
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 1.5 * self.model(x)
+
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: Scaled(model))
+    out = tmp_path / "modes.json"
+    args = ["sections=[modes]", "family=v2", "width=0.25", *TINY, "modes=[eager,compile]", "modes_batches=[4]"]
+    assert main([*args, f"json={out}"]) == 0
+    (group,) = json.loads(out.read_text())["results"]["modes"].values()
+    assert group["loss_check"]["eager"]["correct"] and not group["loss_check"]["compile"]["correct"]
+    assert "WRONG" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_benchmark_modes_compile_matches_eager(tmp_path: Path) -> None:
     out = tmp_path / "modes.json"
