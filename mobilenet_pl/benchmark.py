@@ -29,6 +29,22 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mobilenet_pl.bench_app import bench_app
+from mobilenet_pl.bench_modes import bench_modes
+from mobilenet_pl.bench_step import (
+    FAMILIES,
+    LABEL_SMOOTHING,
+    LR,
+    MODES,
+    MOMENTUM,
+    WEIGHT_DECAY,
+    Config,
+)
+from mobilenet_pl.bench_step import autocast_for as _autocast
+from mobilenet_pl.bench_step import make_batch as _batch
+from mobilenet_pl.bench_step import prepare as _prepare
+from mobilenet_pl.bench_step import quiet_lightning as _quiet_lightning
+from mobilenet_pl.bench_step import train_step as _train_step
 from mobilenet_pl.config import check_values
 from mobilenet_pl.errors import ConfigError
 from mobilenet_pl.models import create_model
@@ -36,40 +52,21 @@ from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
 from mobilenet_pl.timing import Entry, interleaved, make_group, median
 from mobilenet_pl.tool import run_tool
 
-SECTIONS = ("train", "infer", "lightning", "pipeline", "export")  # run in this order
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-FAMILIES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
-# per-device defaults: a CPU run of every section takes a few minutes on 2 cores
-DEVICE_DEFAULTS = {
-    "cpu": {"resolution": 128, "batch_size": 16, "steps": 2},
-    "cuda": {"resolution": 224, "batch_size": 128, "steps": 20},
+SECTIONS = ("train", "infer", "lightning", "pipeline", "export", "app", "modes")  # run in this order
+# per-device defaults: a CPU run of every default section takes a few minutes on 2 cores
+DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {"resolution": 128, "batch_size": 16, "steps": 2, "app_images": 256, "app_steps": 20, "modes_batches": [32]},
+    "cuda": {
+        "resolution": 224,
+        "batch_size": 128,
+        "steps": 20,
+        "app_images": 4096,
+        "app_steps": 200,
+        "modes_batches": [32, 256],
+    },
 }
 LATENCY_CALLS_PER_STEP = 10  # batch-1 calls are short: time 10 x steps of them per repetition
 PIPELINE_IMAGES = 256  # JPEGs generated for the pipeline section (256 x 256, 4 classes)
-LR, MOMENTUM, WEIGHT_DECAY, LABEL_SMOOTHING = 0.01, 0.9, 4e-5, 0.1
-
-
-@dataclass
-class Config:
-    families: list[str]
-    width: float
-    resolution: int
-    batch_size: int
-    device: str
-    precision: str
-    channels_last: bool
-    compile: bool
-    steps: int
-    repeats: int
-    warmup: int
-    infer_batch: int
-    threads: int
-    sections: list[str]
-    json: str | None
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return PRECISIONS[self.precision]
 
 
 def settings(cfg: DictConfig) -> Config:
@@ -79,11 +76,24 @@ def settings(cfg: DictConfig) -> Config:
         raise ConfigError("device=cuda is not allowed: torch.cuda.is_available() is False")
     sized = {key: default if cfg[key] is None else cfg[key] for key, default in DEVICE_DEFAULTS[device].items()}
     bounds = {"resolution": MIN_INPUT_SIZE, "batch_size": 1, "steps": 1, "repeats": 1, "warmup": 0, "infer_batch": 1}
+    app_bounds = {"app_images": 2, "app_classes": 1, "app_steps": 1, "app_workers": 0}
     merged = OmegaConf.merge(cfg, sized)
     assert isinstance(merged, DictConfig)
-    check_values(merged, {**bounds, "threads": 1}, positive=("width",))
+    check_values(merged, {**bounds, **app_bounds, "threads": 1}, positive=("width",))
     if not cfg.sections:
         raise ConfigError(f"sections=[] is not allowed: choose from {list(SECTIONS)}")
+    sections = [section.value for section in cfg.sections]
+    fewest = max(2 * merged.batch_size, merged.app_classes)
+    if "app" in sections and merged.app_images < fewest:
+        # the app drops the last partial batch and times from its second batch on; every class needs an image
+        raise ConfigError(
+            f"app_images={merged.app_images} is not allowed: app_images must be >= 2 x batch_size "
+            f"({merged.batch_size}) and >= app_classes ({merged.app_classes})"
+        )
+    if not merged.modes_batches or any(not isinstance(b, int) or b < 1 for b in merged.modes_batches):
+        raise ConfigError(f"modes_batches={list(merged.modes_batches)} is not allowed: a list of whole numbers >= 1")
+    if not cfg.modes:
+        raise ConfigError(f"modes=[] is not allowed: choose from {list(MODES)}")
     return Config(
         families=list(FAMILIES) if cfg.family.value == "all" else [cfg.family.value],
         width=float(cfg.width),
@@ -95,9 +105,13 @@ def settings(cfg: DictConfig) -> Config:
         warmup=int(cfg.warmup),
         infer_batch=int(cfg.infer_batch),
         threads=torch.get_num_threads() if cfg.threads is None else int(cfg.threads),
-        sections=[section.value for section in cfg.sections],
+        sections=sections,
         json=cfg.json,
-        **{key: int(value) for key, value in sized.items()},
+        app_classes=int(cfg.app_classes),
+        app_workers=(os.cpu_count() or 1) if cfg.app_workers is None else int(cfg.app_workers),
+        modes=[mode.value for mode in cfg.modes],
+        modes_batches=[int(b) for b in merged.modes_batches],
+        **{key: int(value) for key, value in sized.items() if key != "modes_batches"},
     )
 
 
@@ -146,46 +160,6 @@ def contenders(family: str, width: float, num_classes: int = 1000) -> tuple[list
     else:
         notes.append("v1: torchvision has no MobileNetV1; no torchvision peer")
     return found, notes
-
-
-def _prepare(model: nn.Module, cfg: Config) -> nn.Module:
-    model = model.to(cfg.device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if cfg.compile else model  # type: ignore[return-value]
-
-
-def _batch(cfg: Config, batch_size: int, num_classes: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 3, cfg.resolution, cfg.resolution, generator=generator).to(cfg.device)
-    if cfg.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (batch_size,), generator=generator).to(cfg.device)
-    return x, y
-
-
-def _autocast(cfg: Config) -> torch.autocast:
-    return torch.autocast(cfg.device, dtype=cfg.dtype, enabled=cfg.dtype is not None)
-
-
-def _train_step(model: nn.Module, cfg: Config, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], None]:
-    x, y = batch
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    scaler = torch.amp.GradScaler(cfg.device) if cfg.dtype == torch.float16 else None
-
-    def step() -> None:
-        with _autocast(cfg):
-            loss = F.cross_entropy(model(x), y)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 def _infer_call(model: nn.Module, cfg: Config, x: torch.Tensor) -> Callable[[], None]:
@@ -374,17 +348,6 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
     return {family: group}
 
 
-def _quiet_lightning() -> None:
-    import logging
-    import warnings
-
-    # "GPU available but not used", "the number of training batches is small", ...: noise in a table
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
-    warnings.filterwarnings("ignore", module="lightning_fabric")
-
-
 def make_jpeg_folder(root: Path, count: int = PIPELINE_IMAGES, size: int = 256, classes: int = 4) -> Path:
     """An ImageFolder of ``count`` random ``size`` x ``size`` JPEGs (smooth gradients plus noise, so they
     compress and decode like photos rather than like pure noise)."""
@@ -508,6 +471,8 @@ BENCHES: dict[str, Callable[[Config, list[str]], dict[str, Any]]] = {
     "lightning": bench_lightning,
     "pipeline": bench_pipeline,
     "export": bench_export,
+    "app": bench_app,
+    "modes": bench_modes,
 }
 
 # -- report ----------------------------------------------------------------------------------------------
@@ -556,6 +521,19 @@ def format_table(results: dict[str, Any]) -> str:
                 lines.append(
                     f"{section:<10}{name:<14}{'Lightning overhead over the plain loop':<76}{100 * group['overhead']:>11.1f}%"
                 )
+            for decode_on, wait in group.get("data_wait_fraction", {}).items():
+                what = f"app decode_on={decode_on}: share of step time waiting for data"
+                lines.append(f"{section:<10}{name:<14}{what:<76}{100 * wait:>11.1f}%")
+            for mode, check in group.get("loss_check", {}).items():
+                if not isinstance(check, dict):
+                    continue  # the reference loss
+                what = (
+                    f"{mode}: rel. error of 1st loss, update vs float64; first {len(check['losses'])} steps "
+                    f"{check['first_steps_s']:.1f} s"
+                )
+                verdict = "correct" if check["correct"] else "WRONG"
+                diffs = f"{check['loss_rel_error']:.1e}, {check['update_rel_error']:.1e}"
+                lines.append(f"{section:<10}{name:<14}{what:<76}{diffs:>17} {verdict}")
     return "\n".join(lines)
 
 

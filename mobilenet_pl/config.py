@@ -63,6 +63,14 @@ class Section(Enum):
     lightning = "lightning"
     pipeline = "pipeline"
     export = "export"
+    app = "app"
+    modes = "modes"
+
+
+class Mode(Enum):
+    eager = "eager"
+    compile = "compile"
+    cudagraphs = "cudagraphs"
 
 
 @dataclass
@@ -164,6 +172,12 @@ class BenchmarkSchema:
     threads: Optional[int] = MISSING
     sections: list[Section] = MISSING
     json: Optional[str] = MISSING
+    app_images: Optional[int] = MISSING
+    app_classes: int = MISSING
+    app_steps: Optional[int] = MISSING
+    app_workers: Optional[int] = MISSING
+    modes: list[Mode] = MISSING
+    modes_batches: Optional[list[int]] = MISSING
 
 
 @dataclass

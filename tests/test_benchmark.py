@@ -40,7 +40,7 @@ def test_benchmark_every_section_writes_json(tmp_path: Path, capsys: pytest.Capt
     env = report["environment"]
     assert env["cpu"] and env["collect_env"]["torch_version"].startswith(torch.__version__.split("+")[0])
     results = report["results"]
-    assert list(results) == list(SECTIONS)
+    assert list(results) == [s for s in SECTIONS if s not in ("app", "modes")]  # the default sections
 
     assert set(results["train"]) == {"v1", "v2"}
     assert set(results["train"]["v2"]["entries"]) == {"ours", "timm", "torchvision"}
@@ -68,6 +68,79 @@ def test_benchmark_every_section_writes_json(tmp_path: Path, capsys: pytest.Capt
     assert "PASS" not in text and "FAIL" not in text
 
 
+def test_benchmark_app_section_runs_the_training_app(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both decode_on variants of the real app, the network alone and the pipeline alone, with ratios."""
+    out = tmp_path / "app.json"
+    args = ["sections=[app]", "family=v2", "width=0.25", *TINY, "app_images=12", "app_classes=2", "app_steps=6"]
+    assert main([*args, "app_workers=1", f"json={out}"]) == 0
+    text = capsys.readouterr().out
+    (group,) = json.loads(out.read_text())["results"]["app"].values()
+    entries = group["entries"]
+    assert set(entries) == {"network", "app workers", "app device", "pipeline workers", "pipeline device"}
+    assert group["best_peer"] == "network"
+    for key, entry in entries.items():
+        assert entry["value"] > 0, key
+        # ratio = this row's images/s over the network row's
+        assert entry["ratio_to_best_peer"] == pytest.approx(entry["value"] / entries["network"]["value"])
+    assert set(group["data_wait_fraction"]) == {"workers", "device"}
+    assert all(0 < wait < 1 for wait in group["data_wait_fraction"].values())
+    # 12 images / batch 4 = 3 batches an epoch: the app times from its third step (warm-up capped at 2)
+    assert group["app_warmup_steps"] == {"workers": 2, "device": 2}
+    assert "decode_on=device: share of step time waiting for data" in text
+
+
+def test_benchmark_modes_section_checks_losses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Eager only here (compiling takes minutes on a CPU): rows per batch size, and the loss check's shape."""
+    out = tmp_path / "modes.json"
+    args = ["sections=[modes]", "family=v2", "width=0.25", *TINY, "modes=[eager,cudagraphs]", "modes_batches=[2,3]"]
+    assert main([*args, f"json={out}"]) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]["modes"]
+    assert set(results) == {"v2 batch 2", "v2 batch 3"}
+    for group in results.values():
+        assert set(group["entries"]) == ({"eager", "cudagraphs"} if torch.cuda.is_available() else {"eager"})
+        check = group["loss_check"]["eager"]
+        assert len(check["losses"]) == 3 and check["correct"]
+        # eager fp32 against eager float64: rounding only, not zero, far from a wrong gradient
+        assert 0 < check["loss_rel_error"] < 1e-4 and 0 < check["update_rel_error"] < 0.1
+        assert check["losses"][0] == pytest.approx(group["loss_check"]["reference_loss"], rel=1e-4)
+        assert check["losses"][2] != check["losses"][0]  # the SGD steps changed the weights
+    if not torch.cuda.is_available():
+        assert any("cudagraphs" in note and "skipped" in note for note in report["notes"])
+
+
+def test_benchmark_modes_flags_a_mode_that_computes_something_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loss check can fail: a "compiled" model whose logits are scaled by 1.5 is reported WRONG."""
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 1.5 * self.model(x)
+
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: Scaled(model))
+    out = tmp_path / "modes.json"
+    args = ["sections=[modes]", "family=v2", "width=0.25", *TINY, "modes=[eager,compile]", "modes_batches=[4]"]
+    assert main([*args, f"json={out}"]) == 0
+    (group,) = json.loads(out.read_text())["results"]["modes"].values()
+    assert group["loss_check"]["eager"]["correct"] and not group["loss_check"]["compile"]["correct"]
+    assert "WRONG" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_benchmark_modes_compile_matches_eager(tmp_path: Path) -> None:
+    out = tmp_path / "modes.json"
+    args = ["sections=[modes]", "family=v2", "width=0.25", *TINY, "modes=[eager,compile]", "modes_batches=[4]"]
+    assert main([*args, f"json={out}"]) == 0
+    (group,) = json.loads(out.read_text())["results"]["modes"].values()
+    assert group["entries"]["compile"]["value"] > 0
+    assert group["loss_check"]["compile"]["correct"], group["loss_check"]
+
+
 def test_benchmark_single_section_and_width_without_timm_peer(tmp_path: Path) -> None:
     out = tmp_path / "b.json"
     assert main(["family=v1", "width=0.5", "sections=[infer]", *TINY, f"json={out}"]) == 0
@@ -82,7 +155,17 @@ def test_benchmark_single_section_and_width_without_timm_peer(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("arg", "message"),
     [
-        ("sections=[train,warp]", "Invalid value 'warp', expected one of [train, infer, lightning, pipeline, export]"),
+        (
+            "sections=[train,warp]",
+            "Invalid value 'warp', expected one of [train, infer, lightning, pipeline, export, app, modes]",
+        ),
+        ("modes=[jit]", "Invalid value 'jit', expected one of [eager, compile, cudagraphs]"),
+        ("modes_batches=[32,0]", "modes_batches=[32, 0] is not allowed: a list of whole numbers >= 1"),
+        ("app_steps=0", "app_steps=0 is not allowed: app_steps must be a whole number >= 1"),
+        (
+            "sections=[app] app_images=8 batch_size=8",
+            "app_images=8 is not allowed: app_images must be >= 2 x batch_size (8) and >= app_classes (10)",
+        ),
         ("device=tpu", "Invalid value 'tpu', expected one of [cpu, cuda]"),
         ("precision=int4", "Invalid value 'int4', expected one of [fp32, bf16, fp16]"),
         ("family=v3", "Invalid value 'v3', expected one of [all, v1, v2]"),
@@ -93,7 +176,7 @@ def test_benchmark_single_section_and_width_without_timm_peer(tmp_path: Path) ->
     ],
 )
 def test_benchmark_bad_input_is_one_line(arg: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([arg]) == 2
+    assert main(arg.split()) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
 
