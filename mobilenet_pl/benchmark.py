@@ -46,6 +46,7 @@ DEVICE_DEFAULTS = {
 }
 LATENCY_CALLS_PER_STEP = 10  # batch-1 calls are short: time 10 x steps of them per repetition
 PIPELINE_IMAGES = 256  # JPEGs generated for the pipeline section (256 x 256, 4 classes)
+PIPELINE_WORKERS = 2  # DataLoader workers of the pipeline section's loader rows (at most the CPU count)
 LR, MOMENTUM, WEIGHT_DECAY, LABEL_SMOOTHING = 0.01, 0.9, 4e-5, 0.1
 
 
@@ -403,6 +404,26 @@ def make_jpeg_folder(root: Path, count: int = PIPELINE_IMAGES, size: int = 256, 
     return root
 
 
+def _seeded_sample(dataset: Any) -> Callable[[], None]:
+    """A call that draws the next training sample of a ``SeededSamples`` as the app's sampler does, by (epoch, index)."""
+    cursor = iter(range(sys.maxsize))
+
+    def call() -> None:
+        dataset[(0, next(cursor) % len(dataset))]
+
+    return call
+
+
+def _loader_pass(loader: Any) -> Callable[[], None]:
+    """A call that runs one full pass of ``loader`` (persistent workers: no start-up after the first)."""
+
+    def call() -> None:
+        for _ in loader:
+            pass
+
+    return call
+
+
 def _image_loader(dataset: Any) -> Callable[[], None]:
     """A call that decodes and transforms the next image of ``dataset``, cycling through it."""
     cursor = iter(range(sys.maxsize))
@@ -414,47 +435,99 @@ def _image_loader(dataset: Any) -> Callable[[], None]:
 
 
 def bench_pipeline(cfg: Config, notes: list[str]) -> dict[str, Any]:
-    """Decode + augment throughput (images/s) of one process -- what one DataLoader worker delivers --
-    for our ``pil_transforms`` and timm's ``create_transform``, training and evaluation."""
+    """Decode + augment throughput (images/s per worker) of the app's image-folder data path against timm's
+    ``create_transform`` on torchvision's ``ImageFolder``, on the same files at the same output size.
+
+    Ours is what training and evaluation really run: ``ImageFolderDataModule``'s datasets (``load_rgb``'s
+    checks, per-sample seeding in training). Groups ``train`` and ``eval`` time one process with one thread,
+    what one DataLoader worker delivers; ``N workers`` times whole training passes of N-worker DataLoaders
+    (persistent workers; batching and inter-process transfer included) and divides by N.
+    """
     from timm.data import create_transform
+    from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
-    from mobilenet_pl.lit.data import pil_transforms
+    from mobilenet_pl.lit.data import ImageFolderDataModule
 
     images = max(64, min(PIPELINE_IMAGES, cfg.steps * cfg.batch_size))  # >= 64: a timing window of ~0.1 s
-    transforms = {
-        "train": {
-            "ours": ("mobilenet_pl pil_transforms(train=True)", pil_transforms(cfg.resolution, True)),
-            # no colour jitter: the same work as ours (random-resized crop, flip, normalise)
-            "timm": (
-                "timm create_transform(is_training=True, color_jitter=None)",
-                create_transform(cfg.resolution, is_training=True, color_jitter=None),  # type: ignore[arg-type]
-            ),
-        },
-        "eval": {
-            "ours": ("mobilenet_pl pil_transforms(train=False)", pil_transforms(cfg.resolution, False)),
-            "timm": ("timm create_transform(is_training=False)", create_transform(cfg.resolution, is_training=False)),
-        },
-    }
+    workers = min(PIPELINE_WORKERS, os.cpu_count() or 1)
     out: dict[str, Any] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a DataLoader worker runs with one intra-op thread
     try:
         with tempfile.TemporaryDirectory(prefix="mobilenet_pl_jpegs_") as tmp:
-            root = make_jpeg_folder(Path(tmp))
-            for split, variants in transforms.items():
-                loaders = {
-                    key: _image_loader(ImageFolder(str(root), transform)) for key, (_, transform) in variants.items()
-                }
-                samples = interleaved(loaders, images, cfg.repeats, min(cfg.warmup, 1) * 8)
-                entries = {
-                    key: Entry(label, key, 1 / median(samples[key]), [1 / s for s in samples[key]])
-                    for key, (label, _) in variants.items()
-                }
-                out[split] = make_group("images/s/worker", True, entries)
+            train_dir = make_jpeg_folder(Path(tmp) / "train")
+            (Path(tmp) / "val").symlink_to(train_dir)  # the same files for evaluation
+            data = ImageFolderDataModule(
+                root=tmp, resolution=cfg.resolution, batch_size=cfg.batch_size, num_workers=workers, decode_on="workers"
+            )
+            data.setup("fit")
+            timm_train = ImageFolder(
+                str(train_dir), create_transform(cfg.resolution, is_training=True, color_jitter=None)
+            )
+            timm_eval = ImageFolder(str(train_dir), create_transform(cfg.resolution, is_training=False))
+            labels = {
+                "ours": "mobilenet_pl ImageFolderDataModule{}",
+                # no colour jitter: the same work as ours (random-resized crop, flip, normalise)
+                "timm": "timm create_transform(is_training={}{}), ImageFolder",
+            }
+            per_process = {
+                "train": {
+                    "ours": (
+                        labels["ours"].format(" (seeded samples)"),
+                        _seeded_sample(data.train_dataloader().dataset),
+                    ),
+                    "timm": (labels["timm"].format(True, ", color_jitter=None"), _image_loader(timm_train)),
+                },
+                "eval": {
+                    "ours": (labels["ours"].format(""), _image_loader(data.val_set)),
+                    "timm": (labels["timm"].format(False, ""), _image_loader(timm_eval)),
+                },
+            }
+            for split, variants in per_process.items():
+                samples = interleaved({k: call for k, (_, call) in variants.items()}, images, cfg.repeats, 8)
+                out[split] = make_group(
+                    "images/s/worker",
+                    True,
+                    {
+                        k: Entry(label, k, 1 / median(samples[k]), [1 / s for s in samples[k]])
+                        for k, (label, _) in variants.items()
+                    },
+                )
+            loaders = {
+                "ours": data.train_dataloader(),  # the app's: EpochSampler, SeededSamples, drop_last
+                "timm": DataLoader(
+                    timm_train,
+                    cfg.batch_size,
+                    shuffle=True,
+                    num_workers=workers,
+                    persistent_workers=True,
+                    drop_last=True,
+                ),
+            }
+            passes = {key: _loader_pass(loader) for key, loader in loaders.items()}
+            samples = interleaved(passes, 1, cfg.repeats, 1)
+            per_worker = len(loaders["ours"]) * cfg.batch_size / workers  # both loaders drop the same last batch
+            out[f"{workers} workers"] = make_group(
+                "images/s/worker",
+                True,
+                {
+                    k: Entry(
+                        f"{per_process['train'][k][0]}, DataLoader, training",
+                        k,
+                        per_worker / median(samples[k]),
+                        [per_worker / s for s in samples[k]],
+                    )
+                    for k in loaders
+                },
+            )
+            del loaders, passes
     finally:
         torch.set_num_threads(threads)
-    notes.append(f"pipeline: {PIPELINE_IMAGES} generated 256x256 JPEGs -> {cfg.resolution}px, one process, one thread")
+    notes.append(
+        f"pipeline: {PIPELINE_IMAGES} generated 256x256 JPEGs -> {cfg.resolution}px; one process with one thread, "
+        f"and DataLoaders with {workers} workers, batch {cfg.batch_size}"
+    )
     return out
 
 
