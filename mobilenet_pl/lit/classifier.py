@@ -194,7 +194,12 @@ class MobileNetClassifier(L.LightningModule):
         trainer = self._trainer
         # Lightning's own test of "the loggers are written after this step" (private; without it: every step)
         connector = getattr(trainer, "_logger_connector", None)
-        if trainer is None or connector is None or connector.should_update_logs or trainer.fast_dev_run:
+        if (
+            trainer is None
+            or connector is None
+            or connector.should_update_logs
+            or getattr(trainer, "fast_dev_run", False)
+        ):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def _bar_loss(self, loss: Tensor) -> None:

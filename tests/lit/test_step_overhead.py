@@ -61,7 +61,7 @@ def test_loggers_get_the_step_loss_every_interval_and_the_weighted_epoch_mean(tm
     record = RecordLosses()
     logger = CSVLogger(tmp_path)
     _fit(_module(), data, [record], tmp_path, max_epochs=2, logger=logger, log_every_n_steps=3)
-    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    rows = list(csv.DictReader((Path(logger.log_dir) / "metrics.csv").read_text().splitlines()))
     steps = {int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")}
     # Lightning writes after the global steps 3, 6, 9, 12 (1-based): steps 2, 5, 8, 11 in the CSV
     assert sorted(steps) == [2, 5, 8, 11]
