@@ -14,6 +14,7 @@ throughput (images/s) and latency (ms) and add each contender's speed relative t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -45,7 +46,7 @@ from mobilenet_pl.bench_step import make_batch as _batch
 from mobilenet_pl.bench_step import prepare as _prepare
 from mobilenet_pl.bench_step import quiet_lightning as _quiet_lightning
 from mobilenet_pl.bench_step import train_step as _train_step
-from mobilenet_pl.config import check_values
+from mobilenet_pl.config import check_values, config_dir
 from mobilenet_pl.errors import ConfigError
 from mobilenet_pl.models import create_model
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
@@ -67,6 +68,7 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 LATENCY_CALLS_PER_STEP = 10  # batch-1 calls are short: time 10 x steps of them per repetition
 PIPELINE_IMAGES = 256  # JPEGs generated for the pipeline section (256 x 256, 4 classes)
+PIPELINE_WORKERS = 2  # DataLoader workers of the pipeline section's loader rows (at most the CPU count)
 
 
 def settings(cfg: DictConfig) -> Config:
@@ -238,13 +240,19 @@ class InMemoryBatches:
 
 
 def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
-    """ms per training step of Lightning's Trainer vs a plain loop: same module, optimizer and batches.
+    """ms per training step of the training app's Lightning set-up vs a plain loop: same module, optimizer
+    and batches.
 
-    Each repetition runs 1 + ``steps`` steps in each loop and times the last ``steps`` (from the end of
-    the first step to the end of the last, so Trainer start-up and the first step's warm-up are not
-    counted, and everything between steps -- batch fetching, hooks, logging -- is).
+    The Trainer runs as ``python -m mobilenet_pl.train`` sets it up: the app's callbacks
+    (``conf/callbacks/default.yaml``: reseeding, NaN guard, throughput, SIGTERM checkpoint, ...), the
+    progress bar, a logger (CSV, standing in for the default W&B one) and the app's ``log_every_n_steps``.
+    Each repetition runs 1 + n steps in each loop, n = ``steps`` but at least ``log_every_n_steps`` (so the
+    periodic logging and NaN check fall in the window), and times the last n (from the end of the first step
+    to the end of the last, so Trainer start-up and the first step's warm-up are not counted, and everything
+    between steps -- batch fetching, hooks, logging -- is).
     """
     import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
 
     from mobilenet_pl.lit.classifier import MobileNetClassifier
 
@@ -254,10 +262,13 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             self.sync()
-            self.stamps.append(time.perf_counter())
+            self.stamps.append(clock())
 
     family = "v2" if "v2" in cfg.families else cfg.families[0]
     sync = sync_fn(cfg.device)
+    # on the CPU the process's CPU time: what the loop costs, and the other jobs on a shared machine do not count
+    # (their load moved single wall-time repetitions by +-20%); on an accelerator wall time, which is what idles it
+    clock = time.process_time if cfg.device == "cpu" else time.perf_counter
     module = MobileNetClassifier(
         model={"name": family, "width": cfg.width},
         num_classes=1000,
@@ -274,6 +285,8 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
         compile=cfg.compile,
     ).to(cfg.device)
     module.configure_model()  # channels_last / compile, as the Trainer would; done once for both loops
+    trainer_conf = OmegaConf.load(Path(config_dir()) / "trainer" / "default.yaml")
+    steps = max(cfg.steps, int(trainer_conf.log_every_n_steps))
     generator = torch.Generator().manual_seed(0)
     batches = InMemoryBatches(
         [
@@ -281,7 +294,7 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
                 torch.randn(cfg.batch_size, 3, cfg.resolution, cfg.resolution, generator=generator).to(cfg.device),
                 torch.randint(0, 1000, (cfg.batch_size,), generator=generator).to(cfg.device),
             )
-            for _ in range(cfg.steps + 1)
+            for _ in range(steps + 1)
         ]
     )
     lightning_precision = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[cfg.precision]
@@ -304,27 +317,29 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             sync()
-            stamps.append(time.perf_counter())
-        return (stamps[-1] - stamps[0]) / cfg.steps
+            stamps.append(clock())
+        return (stamps[-1] - stamps[0]) / steps
 
     def lightning() -> float:
         clock = StepClock(sync)
-        trainer = L.Trainer(
-            accelerator="gpu" if cfg.device == "cuda" else "cpu",
-            devices=1,
-            precision=lightning_precision,  # type: ignore[arg-type]
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            log_every_n_steps=1,
-            callbacks=[clock],
-        )
-        trainer.fit(module, train_dataloaders=batches)
-        return (clock.stamps[-1] - clock.stamps[0]) / cfg.steps
+        with tempfile.TemporaryDirectory(prefix="mobilenet_pl_lightning_") as run_dir:
+            trainer = L.Trainer(
+                accelerator="gpu" if cfg.device == "cuda" else "cpu",
+                devices=1,
+                precision=lightning_precision,  # type: ignore[arg-type]
+                max_epochs=1,
+                logger=CSVLogger(run_dir),
+                enable_progress_bar=True,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=0,
+                log_every_n_steps=int(trainer_conf.log_every_n_steps),
+                callbacks=[*_app_callbacks(run_dir), clock],
+                default_root_dir=run_dir,
+            )
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # the bar: not in the report
+                trainer.fit(module, train_dataloaders=batches)
+        return (clock.stamps[-1] - clock.stamps[0]) / steps
 
     _quiet_lightning()
     for run in (plain, lightning):  # warm-up: allocator, compilation, Lightning's first-fit imports
@@ -337,7 +352,9 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
             samples[key].append(run())
     entries = {
         "plain": Entry(f"plain PyTorch loop ({FAMILIES[family]} w{cfg.width:g})", "peer", 0.0),
-        "lightning": Entry(f"Lightning Trainer ({FAMILIES[family]} w{cfg.width:g})", "ours", 0.0),
+        "lightning": Entry(
+            f"Lightning Trainer, the app's callbacks, bar, logger ({FAMILIES[family]} w{cfg.width:g})", "ours", 0.0
+        ),
     }
     for key, entry in entries.items():
         entry.samples = [1e3 * s for s in samples[key]]
@@ -345,7 +362,26 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
     group = make_group("ms/step", False, entries)
     group["overhead"] = entries["lightning"].value / entries["plain"].value - 1.0
     group["batch_size"] = cfg.batch_size
+    group["steps"] = steps
+    notes.append(
+        f"lightning: {steps} steps per repetition; "
+        + ("CPU time of the process (not wall time)" if cfg.device == "cpu" else "wall time")
+    )
     return {family: group}
+
+
+def _app_callbacks(run_dir: str) -> list[Any]:
+    """The training app's callbacks (``conf/callbacks/default.yaml``) as ``train.build_callbacks`` makes them,
+    checkpoints into ``run_dir``."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    conf = OmegaConf.create({"seed": 0, "callbacks": OmegaConf.load(Path(config_dir()) / "callbacks" / "default.yaml")})
+    callbacks = [instantiate(node) for node in conf.callbacks.values()]
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            callback.dirpath = run_dir
+    return callbacks
 
 
 def make_jpeg_folder(root: Path, count: int = PIPELINE_IMAGES, size: int = 256, classes: int = 4) -> Path:
@@ -366,6 +402,26 @@ def make_jpeg_folder(root: Path, count: int = PIPELINE_IMAGES, size: int = 256, 
     return root
 
 
+def _seeded_sample(dataset: Any) -> Callable[[], None]:
+    """A call that draws the next training sample of a ``SeededSamples`` as the app's sampler does, by (epoch, index)."""
+    cursor = iter(range(sys.maxsize))
+
+    def call() -> None:
+        dataset[(0, next(cursor) % len(dataset))]
+
+    return call
+
+
+def _loader_pass(loader: Any) -> Callable[[], None]:
+    """A call that runs one full pass of ``loader`` (persistent workers: no start-up after the first)."""
+
+    def call() -> None:
+        for _ in loader:
+            pass
+
+    return call
+
+
 def _image_loader(dataset: Any) -> Callable[[], None]:
     """A call that decodes and transforms the next image of ``dataset``, cycling through it."""
     cursor = iter(range(sys.maxsize))
@@ -377,47 +433,100 @@ def _image_loader(dataset: Any) -> Callable[[], None]:
 
 
 def bench_pipeline(cfg: Config, notes: list[str]) -> dict[str, Any]:
-    """Decode + augment throughput (images/s) of one process -- what one DataLoader worker delivers --
-    for our ``pil_transforms`` and timm's ``create_transform``, training and evaluation."""
+    """Decode + augment throughput (images/s per worker) of the app's image-folder data path against timm's
+    ``create_transform`` on torchvision's ``ImageFolder``, on the same files at the same output size.
+
+    Ours is what training and evaluation really run: ``ImageFolderDataModule``'s datasets (``load_rgb``'s
+    checks, per-sample seeding in training). Groups ``train`` and ``eval`` time one process with one thread,
+    what one DataLoader worker delivers; ``N workers`` times whole training passes of N-worker DataLoaders
+    (persistent workers; batching and inter-process transfer included) and divides by N.
+    """
     from timm.data import create_transform
+    from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
-    from mobilenet_pl.lit.data import pil_transforms
+    from mobilenet_pl.lit.data import ImageFolderDataModule
 
     images = max(64, min(PIPELINE_IMAGES, cfg.steps * cfg.batch_size))  # >= 64: a timing window of ~0.1 s
-    transforms = {
-        "train": {
-            "ours": ("mobilenet_pl pil_transforms(train=True)", pil_transforms(cfg.resolution, True)),
-            # no colour jitter: the same work as ours (random-resized crop, flip, normalise)
-            "timm": (
-                "timm create_transform(is_training=True, color_jitter=None)",
-                create_transform(cfg.resolution, is_training=True, color_jitter=None),  # type: ignore[arg-type]
-            ),
-        },
-        "eval": {
-            "ours": ("mobilenet_pl pil_transforms(train=False)", pil_transforms(cfg.resolution, False)),
-            "timm": ("timm create_transform(is_training=False)", create_transform(cfg.resolution, is_training=False)),
-        },
-    }
+    workers = min(PIPELINE_WORKERS, os.cpu_count() or 1)
     out: dict[str, Any] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a DataLoader worker runs with one intra-op thread
     try:
         with tempfile.TemporaryDirectory(prefix="mobilenet_pl_jpegs_") as tmp:
-            root = make_jpeg_folder(Path(tmp))
-            for split, variants in transforms.items():
-                loaders = {
-                    key: _image_loader(ImageFolder(str(root), transform)) for key, (_, transform) in variants.items()
-                }
-                samples = interleaved(loaders, images, cfg.repeats, min(cfg.warmup, 1) * 8)
-                entries = {
-                    key: Entry(label, key, 1 / median(samples[key]), [1 / s for s in samples[key]])
-                    for key, (label, _) in variants.items()
-                }
-                out[split] = make_group("images/s/worker", True, entries)
+            train_dir = make_jpeg_folder(Path(tmp) / "train")
+            (Path(tmp) / "val").symlink_to(train_dir)  # the same files for evaluation
+            data = ImageFolderDataModule(
+                root=tmp, resolution=cfg.resolution, batch_size=cfg.batch_size, num_workers=workers, decode_on="workers"
+            )
+            data.setup("fit")
+            timm_train = ImageFolder(
+                str(train_dir),
+                create_transform(cfg.resolution, is_training=True, color_jitter=None),  # type: ignore[arg-type]
+            )
+            timm_eval = ImageFolder(str(train_dir), create_transform(cfg.resolution, is_training=False))
+            labels = {
+                "ours": "mobilenet_pl ImageFolderDataModule{}",
+                # no colour jitter: the same work as ours (random-resized crop, flip, normalise)
+                "timm": "timm create_transform(is_training={}{}), ImageFolder",
+            }
+            per_process = {
+                "train": {
+                    "ours": (
+                        labels["ours"].format(" (seeded samples)"),
+                        _seeded_sample(data.train_dataloader().dataset),
+                    ),
+                    "timm": (labels["timm"].format(True, ", color_jitter=None"), _image_loader(timm_train)),
+                },
+                "eval": {
+                    "ours": (labels["ours"].format(""), _image_loader(data.val_set)),
+                    "timm": (labels["timm"].format(False, ""), _image_loader(timm_eval)),
+                },
+            }
+            for split, variants in per_process.items():
+                samples = interleaved({k: call for k, (_, call) in variants.items()}, images, cfg.repeats, 8)
+                out[split] = make_group(
+                    "images/s/worker",
+                    True,
+                    {
+                        k: Entry(label, k, 1 / median(samples[k]), [1 / s for s in samples[k]])
+                        for k, (label, _) in variants.items()
+                    },
+                )
+            loaders = {
+                "ours": data.train_dataloader(),  # the app's: EpochSampler, SeededSamples, drop_last
+                "timm": DataLoader(
+                    timm_train,
+                    cfg.batch_size,
+                    shuffle=True,
+                    num_workers=workers,
+                    persistent_workers=True,
+                    drop_last=True,
+                ),
+            }
+            passes = {key: _loader_pass(loader) for key, loader in loaders.items()}
+            samples = interleaved(passes, 1, cfg.repeats, 1)
+            per_worker = len(loaders["ours"]) * cfg.batch_size / workers  # both loaders drop the same last batch
+            out[f"{workers} worker{'s' if workers > 1 else ''}"] = make_group(
+                "images/s/worker",
+                True,
+                {
+                    k: Entry(
+                        f"{per_process['train'][k][0]}, DataLoader, training",
+                        k,
+                        per_worker / median(samples[k]),
+                        [per_worker / s for s in samples[k]],
+                    )
+                    for k in loaders
+                },
+            )
+            del loaders, passes
     finally:
         torch.set_num_threads(threads)
-    notes.append(f"pipeline: {PIPELINE_IMAGES} generated 256x256 JPEGs -> {cfg.resolution}px, one process, one thread")
+    notes.append(
+        f"pipeline: {PIPELINE_IMAGES} generated 256x256 JPEGs -> {cfg.resolution}px; one process with one thread, "
+        f"and DataLoaders with {workers} workers, batch {cfg.batch_size}"
+    )
     return out
 
 

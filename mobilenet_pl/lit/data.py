@@ -80,13 +80,15 @@ class EpochSampler(DistributedSampler[Any]):
 class SeededSamples(Dataset[Any]):
     """Training samples whose random augmentation is a function of (seed, epoch, index) alone.
 
-    Each sample reseeds torch, NumPy and ``random`` (restoring them afterwards), so what a sample looks
-    like does not depend on which DataLoader worker draws it, on that worker's history (persistent
-    workers) or on where a run was resumed: resumed and uninterrupted runs see identical batches.
+    Each sample reseeds torch's CPU generator (and, with ``python_rngs``, NumPy's and ``random``'s: timm's
+    RandAugment draws from them), restoring them afterwards, so what a sample looks like does not depend on
+    which DataLoader worker draws it, on that worker's history (persistent workers) or on where a run was
+    resumed: resumed and uninterrupted runs see identical batches. Saving and restoring NumPy's state costs
+    as much as a tenth of a sample's decoding, hence only when a transform uses it.
     """
 
-    def __init__(self, dataset: Dataset[Any], seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
+    def __init__(self, dataset: Dataset[Any], seed: int, python_rngs: bool = True) -> None:
+        self.dataset, self.seed, self.python_rngs = dataset, seed, python_rngs
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -96,16 +98,20 @@ class SeededSamples(Dataset[Any]):
             return self.dataset[key]
         epoch, index = key
         sample_seed = hash((self.seed, epoch, index)) % 2**32
-        state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
+        # the CPU generator alone: torch.manual_seed would also reseed (and not restore) the CUDA ones
+        torch_state = torch.default_generator.get_state()
+        python_state = (random.getstate(), np.random.get_state()) if self.python_rngs else None
+        torch.default_generator.manual_seed(sample_seed)
+        if python_state is not None:
             random.seed(sample_seed)
             np.random.seed(sample_seed)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(state[0])
-                np.random.set_state(state[1])
+        try:
+            return self.dataset[index]
+        finally:
+            torch.default_generator.set_state(torch_state)
+            if python_state is not None:
+                random.setstate(python_state[0])
+                np.random.set_state(python_state[1])
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -179,7 +185,8 @@ class ImageDataModule(L.LightningDataModule):
                 seed=self.seed,
                 drop_last=True,
             )
-            dataset = SeededSamples(dataset, self.seed)
+            # timm's RandAugment (data.randaugment) draws from NumPy and ``random``; the other transforms from torch
+            dataset = SeededSamples(dataset, self.seed, python_rngs=bool(getattr(self, "randaugment", None)))
         elif world > 1:
             dataset = EvalShard(dataset, rank, world)
         return DataLoader(
@@ -304,6 +311,27 @@ class DigitsDataModule(ImageDataModule):
         self.test_set = LabelledTensors(images[test], labels[test])
 
 
+class NormalizedTensor:
+    """An 8-bit RGB PIL image as a normalised float32 CHW tensor, ``(x / 255 - mean) / std``.
+
+    The same values as torchvision's ``ToImage, ToDtype(scale=True), Normalize`` (to float rounding) in two
+    passes over the pixels instead of four; about 2.5x faster, which is a fifth of a training sample's time.
+    """
+
+    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+        self.mean = torch.tensor(mean).view(-1, 1, 1) * 255
+        self.inv_std = 1 / (torch.tensor(std).view(-1, 1, 1) * 255)
+
+    def __call__(self, image: Any) -> Tensor:
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # HWC uint8 as a CHW view (writable copy)
+        out = torch.empty(pixels.shape, dtype=torch.float32)
+        out.copy_(pixels)
+        return out.sub_(self.mean).mul_(self.inv_std)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={self.mean.flatten().div(255).tolist()})"
+
+
 def pil_transforms(resolution: int, train: bool, randaugment: str | None = None) -> T.Compose:
     """ImageNet-style transforms: random-resized crop + flip (+ timm RandAugment) or resize + centre crop."""
     if train:
@@ -314,9 +342,7 @@ def pil_transforms(resolution: int, train: bool, randaugment: str | None = None)
             ops.append(rand_augment_transform(randaugment, {"translate_const": int(resolution * 0.45)}))
     else:
         ops = [T.Resize(int(resolution * 256 / 224), antialias=True), T.CenterCrop(resolution)]
-    return T.Compose(
-        [*ops, T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    )
+    return T.Compose([*ops, NormalizedTensor()])
 
 
 def _is_rank_zero() -> bool:
