@@ -159,7 +159,10 @@ class MobileNetClassifier(L.LightningModule):
             object.__setattr__(self, "_compiled", torch.compile(self.backbone))
 
     def _prepare(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.hparams["channels_last"] else x
+        # the memory format the run asked for, whatever the data gives (device decoding gives channels_last):
+        # convolutions follow their input's layout, so passing x through would switch layouts unasked
+        layout = torch.channels_last if self.hparams["channels_last"] else torch.contiguous_format
+        return x.contiguous(memory_format=layout)
 
     def forward(self, x: Tensor) -> Tensor:
         features = self._compiled if self._compiled is not None else self.backbone

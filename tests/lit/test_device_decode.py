@@ -270,3 +270,21 @@ def test_loader_eval_shard_and_lightning_transfer(folder: Path) -> None:
     out, labels = DeviceAugment(32, train=False)(moved)
     assert out.shape == (3, 3, 32, 32) and labels[-1] == IGNORE_INDEX
     assert math.isfinite(float(out.sum()))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_backbone_sees_the_memory_format_the_run_asked_for(channels_last: bool) -> None:
+    """Device decoding hands over channels_last batches; ``channels_last=false`` must still run contiguous
+    convolutions (a benchmark of the device path once ran channels_last while asked not to)."""
+    from mobilenet_pl.lit.classifier import MobileNetClassifier
+
+    module = MobileNetClassifier(model={"name": "v2", "width": 0.25}, num_classes=4, channels_last=channels_last)
+    module.configure_model()
+    seen: list[bool] = []
+    module.backbone.stem.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    batch = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    module(batch)
+    module(batch.contiguous())
+    assert seen == [channels_last, channels_last]
