@@ -361,12 +361,13 @@ def _started_separately(cfg: DictConfig) -> bool:
     return int(cfg.trainer.get("num_nodes") or 1) > 1 or slurm_tasks or "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def check_shared_run_dir(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+def check_shared_run_dir(cfg: DictConfig, hydra_cfg: Any) -> None:
     """Processes started separately must agree on the run dir: the default one is named after the second
     each process started in, so two nodes could write (and auto-resume from) different dirs."""
     if hydra_cfg.mode == RunMode.MULTIRUN or not _started_separately(cfg):
         return  # a sweep's dir is fixed once, by the process that launches its jobs
-    run_dir = str(OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"])  # type: ignore[index]
+    run = OmegaConf.to_container(hydra_cfg.run, resolve=False)  # the dir as written, before ${now:...} resolves
+    run_dir = str(run.get("dir", "")) if isinstance(run, dict) else ""
     if "${now:" in run_dir:
         raise ConfigError(
             f"hydra.run.dir={run_dir!r} is not allowed for a job started on several nodes or as separate tasks: "

@@ -92,8 +92,9 @@ class Job:
         self.procs.append(proc)
         return proc
 
-    def start_nodes(self, args: list[str], slurm: bool = False) -> None:
-        """Two "nodes" of one device each on loopback: NODE_RANK 0/1, or the variables srun sets for 2 tasks."""
+    def start_nodes(self, args: list[str], slurm: bool = False, devices: int = 1) -> None:
+        """Two "nodes" on loopback: NODE_RANK 0/1 (each launching ``devices`` local ranks), or the variables
+        srun sets for 2 tasks of one device each."""
         port = str(free_port())
         for rank in range(2):
             if slurm:
@@ -111,7 +112,7 @@ class Job:
                 }
             else:
                 env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(rank)}
-            self.start([*args, "trainer.num_nodes=2", "trainer.devices=1"], env)
+            self.start([*args, "trainer.num_nodes=2", f"trainer.devices={devices}"], env)
 
     def finish(self, timeout: float = PROCESS_LIMIT_S) -> list[tuple[int, str, str]]:
         """(status, stdout, stderr) of each process, in start order."""
@@ -180,6 +181,24 @@ def test_two_nodes_train_the_same_job_as_two_local_processes(
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
+
+
+@pytest.mark.slow
+def test_two_nodes_of_two_local_ranks_train_the_same_job_as_four_local_processes(job: Job, tmp_path: Path) -> None:
+    # each node's first process hands the job to the rank it launches; two nodes share one run dir
+    args = [*DDP_CPU, *TINY, *DATA["fake"]]
+    local = tmp_path / "local"
+    proc = run_cli("mobilenet_pl.train", *args, "trainer.devices=4", f"hydra.run.dir={local}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shared = tmp_path / "shared_run"
+    job.start_nodes([*args, f"hydra.run.dir={shared}"], devices=2)
+    for status, _, err in job.finish():
+        assert status == 0, err[-3000:]
+    assert sorted(p.name for p in shared.iterdir()) == sorted(p.name for p in local.iterdir())
+    nodes, single_node = (json.loads((d / "results.json").read_text()) for d in (shared, local))
+    assert nodes["metrics"] == single_node["metrics"]
+    expected, got = state(local), state(shared)
+    assert all(torch.equal(got[key], value) for key, value in expected.items())
 
 
 def test_nodes_without_a_shared_run_dir_are_refused(tmp_path: Path) -> None:
