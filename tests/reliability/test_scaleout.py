@@ -300,3 +300,30 @@ def test_kill_9_of_one_rank_stops_the_others_in_one_line_and_a_restart_resumes(
     assert f"Restoring states from the checkpoint path at {last}" in outputs[0][2]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["epochs"] == 2 and results["test_samples"] == 16
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_given_up_after_the_timeout_even_with_a_sigterm_in_between(job: Job, tmp_path: Path) -> None:
+    # rank 1 stops answering (SIGSTOP: no socket closes); rank 0 then gets SIGTERM, whose handler in Lightning
+    # broadcasts to every rank: bounded by trainer.strategy.timeout.seconds, not Lightning's 30 minutes
+    run_dir = tmp_path / "run"
+    args = [*DDP_CPU, *LONG_EPOCHS, f"trainer.strategy.timeout.seconds={TIMEOUT_S}", f"hydra.run.dir={run_dir}"]
+    job.start_nodes(args)
+    wait_for_file(run_dir / "checkpoints" / "last.ckpt", job)
+    time.sleep(0.5)
+    hung, survivor = job.procs[1], job.procs[0]
+    hung.send_signal(signal.SIGSTOP)
+    time.sleep(0.5)
+    survivor.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    try:
+        _, err = survivor.communicate(timeout=3 * TIMEOUT_S)
+    finally:
+        hung.kill()
+    took = time.monotonic() - stopped
+    print(f"rank 0 exited {took:.2f} s after rank 1 hung (timeout {TIMEOUT_S} s)")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert survivor.returncode == 2 and len(errors) == 1, err[-3000:]
+    assert "lost rank 1 " in errors[0] and "last.ckpt" in errors[0], errors[0]
+    assert took >= TIMEOUT_S - 1, "gave up before the timeout: the hang was not what stopped it"
+    torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
