@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -223,46 +224,44 @@ def _launched_by_lightning() -> bool:
 _PARENT_PID = os.getppid()
 
 
-def _lost_rank(trainer: L.Trainer) -> str | None:
+def _detach_launched_ranks(trainer: L.Trainer) -> list[subprocess.Popen[bytes]]:
+    """The ranks this process launched (local ranks 1..), taken from Lightning's watcher, which would
+    otherwise SIGKILL this process mid-report on seeing one gone (it polls every 5 s). Lightning 2.6 hands
+    the watcher the launcher's own ``procs`` list; an empty list means "all done" to it."""
+    procs = getattr(trainer.strategy.launcher, "procs", None)
+    children = list(procs or [])
+    if procs:
+        procs.clear()
+    return children
+
+
+def _lost_rank(trainer: L.Trainer, children: list[subprocess.Popen[bytes]]) -> str | None:
     """The rank that died, as "rank N (pid P, killed by SIGKILL)", where this process can tell: the
     node's first process watches the ranks it launched; those ranks see their launcher go."""
-    procs = list(getattr(trainer.strategy.launcher, "procs", None) or [])  # Lightning's children: local ranks 1..
     launched = _launched_by_lightning()
+    first = trainer.node_rank * trainer.num_devices  # this node's first global rank
     deadline = time.monotonic() + 1.0  # a peer's sockets close a moment before the system reports it gone
-    while launched or procs:
+    while launched or children:
         if launched and os.getppid() != _PARENT_PID:  # orphaned: the launching process died
-            return f"rank {trainer.node_rank * trainer.num_devices} (pid {_PARENT_PID}, this node's first process)"
-        for local_rank, proc in enumerate(procs, start=1):
+            return f"rank {first} (pid {_PARENT_PID}, this node's first process)"
+        for local_rank, proc in enumerate(children, start=1):
             code = proc.poll()
             if code:
                 how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-                return f"rank {trainer.node_rank * trainer.num_devices + local_rank} (pid {proc.pid}, {how})"
+                return f"rank {first + local_rank} (pid {proc.pid}, {how})"
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
     return None
 
 
-def _stop_launched_ranks(trainer: L.Trainer) -> None:
-    """Kill the ranks this process launched (they cannot go on without it) and stop Lightning's watcher,
-    which would otherwise SIGKILL this process, mid-report, on seeing a rank gone (it polls every 5 s).
-    Lightning 2.6 hands the watcher the launcher's own ``procs`` list; an empty list means "all done"."""
-    procs = getattr(trainer.strategy.launcher, "procs", None)
-    if not procs:
-        return
-    children = list(procs)
-    procs.clear()
-    for proc in children:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def lost_rank_message(trainer: L.Trainer, run_dir: Path, err: BaseException) -> str:
+def lost_rank_message(
+    trainer: L.Trainer, run_dir: Path, err: BaseException, children: list[subprocess.Popen[bytes]]
+) -> str:
     """One line: which rank stopped where, which rank was lost (when this process can tell), the
     communication error, the checkpoint to resume from and how."""
     lost = (
-        _lost_rank(trainer)
+        _lost_rank(trainer, children)
         or (f"rank {1 - trainer.global_rank}" if trainer.world_size == 2 else "another rank")
         + " (it died, hung or its node was lost)"
     )
@@ -291,8 +290,12 @@ def stop_on_lost_rank(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
     except Exception as err:
         if trainer.world_size < 2 or not is_collective_failure(err):
             raise
-        message = lost_rank_message(trainer, run_dir, err)
-        _stop_launched_ranks(trainer)
+        children = _detach_launched_ranks(trainer)
+        message = lost_rank_message(trainer, run_dir, err, children)
+        for proc in children:  # they cannot go on without this rank; they leave the report to it
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
         if _launched_by_lightning() and os.getppid() == _PARENT_PID:
             raise SystemExit(EXIT_BAD_INPUT) from None  # quietly: this node's first process reports it
         raise RankLostError(message) from err
@@ -358,7 +361,8 @@ def _started_separately(cfg: DictConfig) -> bool:
         "bash",
         "interactive",
     )  # Lightning's own test for tasks started by srun
-    return int(cfg.trainer.get("num_nodes") or 1) > 1 or slurm_tasks or "TORCHELASTIC_RUN_ID" in os.environ
+    num_nodes = cfg.trainer.get("num_nodes")  # a bad value is validate()'s to report
+    return (isinstance(num_nodes, int) and num_nodes > 1) or slurm_tasks or "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def check_shared_run_dir(cfg: DictConfig, hydra_cfg: Any) -> None:
