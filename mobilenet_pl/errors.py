@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from types import ModuleType
@@ -35,6 +36,26 @@ class MissingExtraError(ImportError):
 
 class CheckFailedError(RuntimeError):
     """A tool's own check failed (e.g. an export's outputs differ from eager PyTorch)."""
+
+
+class RankLostError(RuntimeError):
+    """Another DDP rank died or stopped answering; the message names it where known, and how to resume."""
+
+
+# what a gloo/NCCL collective raises when its peer is gone (kill -9, a lost node) or hangs past the timeout
+_COLLECTIVE_FAILURE = re.compile(
+    r"gloo/transport|Connection (closed|reset) by peer|Broken pipe|Timed out waiting|timeout caused pair closure"
+    r"|NCCL communicator was aborted"
+)
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """True for torch.distributed's errors and the RuntimeErrors gloo raises when a peer is lost."""
+    dist = sys.modules.get("torch.distributed")  # no torch import here: a process without torch has no DDP
+    dist_error = getattr(dist, "DistError", None) if dist is not None else None
+    if dist_error is not None and isinstance(err, dist_error):
+        return True
+    return isinstance(err, RuntimeError) and bool(_COLLECTIVE_FAILURE.search(str(err)))
 
 
 def install_hint(module: str) -> str:
@@ -71,6 +92,7 @@ def _expected(err: BaseException) -> BaseException | None:
         FileNotFoundError,
         MissingExtraError,
         CheckFailedError,
+        RankLostError,
         NonFiniteLossError,
         CheckpointWriteError,
         MissingConfigException,

@@ -5,9 +5,11 @@ results.json. With no arguments it trains a small-input MobileNetV2 on the bundl
 minutes on a CPU. Groups: model, data, optimizer, scheduler, trainer, logger, callbacks, experiment,
 hparams_search (see ``--help``, docs/training.md and docs/scaling.md).
 
-DDP: Lightning starts ranks 1..N-1 by re-running this command. Left alone, each would re-run Hydra
-(and a whole multirun, sweep included). Instead, the job saves its resolved config and each extra
-rank trains exactly that job in the same run dir, without Hydra (see ``main``).
+DDP: Lightning starts ranks 1..N-1 of a node by re-running this command. Left alone, each would re-run
+Hydra (and a whole multirun, sweep included). Instead, the job hands its resolved config and run dir to
+them in the environment, and each extra rank trains exactly that job, without Hydra (see ``main``).
+Processes started separately (other nodes, SLURM tasks) run Hydra themselves, in the same run dir, and
+leave its files to the first process.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +36,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from mobilenet_pl.config import check_resume_checkpoint, validate
-from mobilenet_pl.errors import ConfigError
+from mobilenet_pl.errors import EXIT_BAD_INPUT, ConfigError, RankLostError, error_boundary, is_collective_failure
 from mobilenet_pl.lit.callbacks import Throughput
 from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
 from mobilenet_pl.lit.classifier import MobileNetClassifier
@@ -43,10 +48,12 @@ from mobilenet_pl.tracking import TrackedWandbLogger
 
 log = logging.getLogger("mobilenet_pl")
 
-# Set by a DDP job for the ranks Lightning launches: the job's resolved config and run dir.
+# Set by a DDP job for the ranks Lightning launches: the job's run dir and its config (YAML). The
+# environment, not a file in the run dir: nodes sharing the dir never race on it and a kill leaves nothing.
 DDP_JOB_ENV = "MOBILENET_PL_DDP_JOB"
+DDP_CONFIG_ENV = "MOBILENET_PL_DDP_CONFIG"
 # What Lightning's launcher leaves in os.environ; a later job of the same multirun must start clean.
-_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", DDP_JOB_ENV)
+_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", DDP_JOB_ENV, DDP_CONFIG_ENV)
 
 
 def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> MobileNetClassifier:
@@ -141,9 +148,8 @@ def collect_results(
 def ddp_job_scope(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
     """Publish this job to the DDP ranks Lightning will launch, and leave no launcher state behind."""
     before = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
-    job_file = run_dir / ".ddp_job.yaml"
-    OmegaConf.save(cfg, job_file)
-    os.environ[DDP_JOB_ENV] = str(job_file)
+    os.environ[DDP_JOB_ENV] = str(run_dir)
+    os.environ[DDP_CONFIG_ENV] = OmegaConf.to_yaml(cfg)
     try:
         yield
     finally:
@@ -156,7 +162,6 @@ def ddp_job_scope(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        job_file.unlink(missing_ok=True)
 
 
 def _launched_as_extra_process() -> bool:
@@ -210,6 +215,92 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(last) if cfg.auto_resume and last.is_file() else None
 
 
+def _launched_by_lightning() -> bool:
+    """This process is a rank Lightning's launcher started (``main`` trains it without Hydra)."""
+    return bool(os.environ.get(DDP_JOB_ENV)) and int(os.environ.get("LOCAL_RANK", "0")) > 0
+
+
+# the process that started this one: for a rank Lightning launched, its node's rank 0
+_PARENT_PID = os.getppid()
+
+
+def _detach_launched_ranks(trainer: L.Trainer) -> list[subprocess.Popen[bytes]]:
+    """The ranks this process launched (local ranks 1..), taken from Lightning's watcher, which would
+    otherwise SIGKILL this process mid-report on seeing one gone (it polls every 5 s). Lightning 2.6 hands
+    the watcher the launcher's own ``procs`` list; an empty list means "all done" to it."""
+    procs = getattr(trainer.strategy.launcher, "procs", None)
+    children = list(procs or [])
+    if procs:
+        procs.clear()
+    return children
+
+
+def _lost_rank(trainer: L.Trainer, children: list[subprocess.Popen[bytes]]) -> str | None:
+    """The rank that died, as "rank N (pid P, killed by SIGKILL)", where this process can tell: the
+    node's first process watches the ranks it launched; those ranks see their launcher go."""
+    launched = _launched_by_lightning()
+    first = trainer.node_rank * trainer.num_devices  # this node's first global rank
+    deadline = time.monotonic() + 1.0  # a peer's sockets close a moment before the system reports it gone
+    while launched or children:
+        if launched and os.getppid() != _PARENT_PID:  # orphaned: the launching process died
+            return f"rank {first} (pid {_PARENT_PID}, this node's first process)"
+        for local_rank, proc in enumerate(children, start=1):
+            code = proc.poll()
+            if code:
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+                return f"rank {first + local_rank} (pid {proc.pid}, {how})"
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return None
+
+
+def lost_rank_message(
+    trainer: L.Trainer, run_dir: Path, err: BaseException, children: list[subprocess.Popen[bytes]]
+) -> str:
+    """One line: which rank stopped where, which rank was lost (when this process can tell), the
+    communication error, the checkpoint to resume from and how."""
+    lost = (
+        _lost_rank(trainer, children)
+        or (f"rank {1 - trainer.global_rank}" if trainer.world_size == 2 else "another rank")
+        + " (it died, hung or its node was lost)"
+    )
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0])  # drop gloo's source location
+    detail = detail.split(". This is typically")[0]
+    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None) or str(run_dir / "checkpoints")
+    last = Path(dirpath, "last.ckpt")
+    resume = (
+        f"the last checkpoint is {last}: run the same command again (same hydra.run.dir) to resume from it"
+        if last.is_file()
+        else "no checkpoint was written yet: run the same command again to start over"
+    )
+    return (
+        f"rank {trainer.global_rank} stopped in epoch {trainer.current_epoch} (step {trainer.global_step}): "
+        f"lost {lost} [{detail}]; {resume}"
+    )
+
+
+@contextlib.contextmanager
+def stop_on_lost_rank(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
+    """A rank that dies (kill -9, out of memory, a lost node) surfaces in the others as a failed collective:
+    at once when its sockets close, else after the process-group timeout (conf/trainer/ddp.yaml). Report
+    it as one line (`RankLostError`) instead of a traceback per rank."""
+    try:
+        yield
+    except Exception as err:
+        if trainer.world_size < 2 or not is_collective_failure(err):
+            raise
+        children = _detach_launched_ranks(trainer)
+        message = lost_rank_message(trainer, run_dir, err, children)
+        for proc in children:  # they cannot go on without this rank; they leave the report to it
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        if _launched_by_lightning() and os.getppid() == _PARENT_PID:
+            raise SystemExit(EXIT_BAD_INPUT) from None  # quietly: this node's first process reports it
+        raise RankLostError(message) from err
+
+
 def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dict[str, Any]:
     """Fit, test and write ``results.json`` into ``run_dir``; return the results."""
     started = time.perf_counter()
@@ -234,11 +325,13 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     if resume is not None:  # ckpt_path and an auto-resumed last.ckpt get the same checks
         key = "ckpt_path" if cfg.ckpt_path else "auto_resume"
         check_resume_checkpoint(key, resume, module.hparams, module.state_dict())
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    with stop_on_lost_rank(trainer, run_dir):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if cfg.test:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)[0]
+        with stop_on_lost_rank(trainer, run_dir):
+            tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)[0]
         metrics.update({k: float(v) for k, v in tested.items()})
 
     results = collect_results(cfg, module, trainer, metrics, started, run_dir)
@@ -262,9 +355,35 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     return results
 
 
+def _started_separately(cfg: DictConfig) -> bool:
+    """The job's processes are started one by one (nodes by hand, SLURM tasks, torchrun), each running Hydra."""
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_NAME") not in (
+        "bash",
+        "interactive",
+    )  # Lightning's own test for tasks started by srun
+    num_nodes = cfg.trainer.get("num_nodes")  # a bad value is validate()'s to report
+    return (isinstance(num_nodes, int) and num_nodes > 1) or slurm_tasks or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def check_shared_run_dir(cfg: DictConfig, hydra_cfg: Any) -> None:
+    """Processes started separately must agree on the run dir: the default one is named after the second
+    each process started in, so two nodes could write (and auto-resume from) different dirs."""
+    if hydra_cfg.mode == RunMode.MULTIRUN or not _started_separately(cfg):
+        return  # a sweep's dir is fixed once, by the process that launches its jobs
+    run = OmegaConf.to_container(hydra_cfg.run, resolve=False)  # the dir as written, before ${now:...} resolves
+    run_dir = str(run.get("dir", "")) if isinstance(run, dict) else ""
+    if "${now:" in run_dir:
+        raise ConfigError(
+            f"hydra.run.dir={run_dir!r} is not allowed for a job started on several nodes or as separate tasks: "
+            "each process would name it after its own start time; give every process the same "
+            "hydra.run.dir=<shared path> (e.g. outputs/job-$SLURM_JOB_ID)"
+        )
+
+
 def hydra_job(cfg: DictConfig) -> float | None:
     """One Hydra job; returns best val top-1 so sweepers (Optuna) can optimise it."""
     hydra_cfg = HydraConfig.get()
+    check_shared_run_dir(cfg, hydra_cfg)
     run_dir = Path(hydra_cfg.runtime.output_dir)
     # jobs of one sweep share a W&B group named after the sweep dir; each job is its own W&B run
     group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
@@ -274,14 +393,20 @@ def hydra_job(cfg: DictConfig) -> float | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mobilenet_pl.train`` and the ``mobilenet-pl-train`` console script."""
-    job_file = os.environ.get(DDP_JOB_ENV)
-    if job_file and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+    if _launched_by_lightning():
         # an extra DDP rank: train the launching job's config, in its run dir, without Hydra
-        cfg = OmegaConf.load(job_file)
-        assert isinstance(cfg, DictConfig)
-        train(cfg, Path(job_file).parent)
+        with error_boundary():
+            cfg = OmegaConf.create(os.environ[DDP_CONFIG_ENV])
+            assert isinstance(cfg, DictConfig)
+            train(cfg, Path(os.environ[DDP_JOB_ENV]))
         return 0
-    return run_tool("train", hydra_job, argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if _launched_as_extra_process() and not any(arg.startswith("hydra.output_subdir=") for arg in args):
+        args.append("hydra.output_subdir=null")  # .hydra/ of the shared run dir is the first process's
+    status = run_tool("train", hydra_job, args)
+    if status and argv is None:  # the real command line: exit even where the caller ignores the status
+        raise SystemExit(status)
+    return status
 
 
 if __name__ == "__main__":
