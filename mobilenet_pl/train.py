@@ -5,11 +5,7 @@ results.json. With no arguments it trains a small-input MobileNetV2 on the bundl
 minutes on a CPU. Groups: model, data, optimizer, scheduler, trainer, logger, callbacks, experiment,
 hparams_search (see ``--help``, docs/training.md and docs/scaling.md).
 
-DDP: Lightning starts ranks 1..N-1 of a node by re-running this command. Left alone, each would re-run
-Hydra (and a whole multirun, sweep included). Instead, the job hands its resolved config and run dir to
-them in the environment, and each extra rank trains exactly that job, without Hydra (see ``main``).
-Processes started separately (other nodes, SLURM tasks) run Hydra themselves, in the same run dir, and
-leave its files to the first process.
+DDP, several nodes and SLURM tasks: how one job spans processes is in ``ddp_job.py``.
 """
 
 from __future__ import annotations
@@ -17,10 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -36,7 +29,16 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from mobilenet_pl.config import check_resume_checkpoint, validate
-from mobilenet_pl.errors import EXIT_BAD_INPUT, ConfigError, RankLostError, error_boundary, is_collective_failure
+from mobilenet_pl.ddp_job import (
+    DDP_CONFIG_ENV,
+    DDP_JOB_ENV,
+    check_shared_run_dir,
+    ddp_job_scope,
+    launched_as_extra_process,
+    launched_by_lightning,
+    stop_on_lost_rank,
+)
+from mobilenet_pl.errors import ConfigError, error_boundary
 from mobilenet_pl.lit.callbacks import Throughput
 from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
 from mobilenet_pl.lit.classifier import MobileNetClassifier
@@ -47,13 +49,6 @@ from mobilenet_pl.tool import run_tool
 from mobilenet_pl.tracking import TrackedWandbLogger
 
 log = logging.getLogger("mobilenet_pl")
-
-# Set by a DDP job for the ranks Lightning launches: the job's run dir and its config (YAML). The
-# environment, not a file in the run dir: nodes sharing the dir never race on it and a kill leaves nothing.
-DDP_JOB_ENV = "MOBILENET_PL_DDP_JOB"
-DDP_CONFIG_ENV = "MOBILENET_PL_DDP_CONFIG"
-# What Lightning's launcher leaves in os.environ; a later job of the same multirun must start clean.
-_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", DDP_JOB_ENV, DDP_CONFIG_ENV)
 
 
 def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> MobileNetClassifier:
@@ -145,33 +140,6 @@ def collect_results(
 
 
 @contextlib.contextmanager
-def ddp_job_scope(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
-    """Publish this job to the DDP ranks Lightning will launch, and leave no launcher state behind."""
-    before = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
-    os.environ[DDP_JOB_ENV] = str(run_dir)
-    os.environ[DDP_CONFIG_ENV] = OmegaConf.to_yaml(cfg)
-    try:
-        yield
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()  # the next job of a multirun starts its own group
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _launched_as_extra_process() -> bool:
-    """True in every process of a job but the first: another node (``NODE_RANK``/``GROUP_RANK``/
-    ``SLURM_NODEID``) or another task of a SLURM or torchrun launch (``SLURM_PROCID``/``RANK``)."""
-    keys = ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID", "SLURM_PROCID", "RANK", "LOCAL_RANK")
-    return any(os.environ.get(key, "0").isdigit() and int(os.environ.get(key, "0")) > 0 for key in keys)
-
-
-@contextlib.contextmanager
 def run_dir_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/.lock`` for the run's life: a second run started in the same dir (the same
     ``hydra.run.dir``, or the same second of the default dir) is refused instead of overwriting this one's
@@ -179,7 +147,7 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
     Only a job's first process locks: its other nodes and SLURM tasks share the dir."""
     import fcntl
 
-    if _launched_as_extra_process():
+    if launched_as_extra_process():
         yield
         return
 
@@ -213,92 +181,6 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
         return str(cfg.ckpt_path)
     last = run_dir / "checkpoints" / "last.ckpt"
     return str(last) if cfg.auto_resume and last.is_file() else None
-
-
-def _launched_by_lightning() -> bool:
-    """This process is a rank Lightning's launcher started (``main`` trains it without Hydra)."""
-    return bool(os.environ.get(DDP_JOB_ENV)) and int(os.environ.get("LOCAL_RANK", "0")) > 0
-
-
-# the process that started this one: for a rank Lightning launched, its node's rank 0
-_PARENT_PID = os.getppid()
-
-
-def _detach_launched_ranks(trainer: L.Trainer) -> list[subprocess.Popen[bytes]]:
-    """The ranks this process launched (local ranks 1..), taken from Lightning's watcher, which would
-    otherwise SIGKILL this process mid-report on seeing one gone (it polls every 5 s). Lightning 2.6 hands
-    the watcher the launcher's own ``procs`` list; an empty list means "all done" to it."""
-    procs = getattr(trainer.strategy.launcher, "procs", None)
-    children = list(procs or [])
-    if procs:
-        procs.clear()
-    return children
-
-
-def _lost_rank(trainer: L.Trainer, children: list[subprocess.Popen[bytes]]) -> str | None:
-    """The rank that died, as "rank N (pid P, killed by SIGKILL)", where this process can tell: the
-    node's first process watches the ranks it launched; those ranks see their launcher go."""
-    launched = _launched_by_lightning()
-    first = trainer.node_rank * trainer.num_devices  # this node's first global rank
-    deadline = time.monotonic() + 1.0  # a peer's sockets close a moment before the system reports it gone
-    while launched or children:
-        if launched and os.getppid() != _PARENT_PID:  # orphaned: the launching process died
-            return f"rank {first} (pid {_PARENT_PID}, this node's first process)"
-        for local_rank, proc in enumerate(children, start=1):
-            code = proc.poll()
-            if code:
-                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-                return f"rank {first + local_rank} (pid {proc.pid}, {how})"
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    return None
-
-
-def lost_rank_message(
-    trainer: L.Trainer, run_dir: Path, err: BaseException, children: list[subprocess.Popen[bytes]]
-) -> str:
-    """One line: which rank stopped where, which rank was lost (when this process can tell), the
-    communication error, the checkpoint to resume from and how."""
-    lost = (
-        _lost_rank(trainer, children)
-        or (f"rank {1 - trainer.global_rank}" if trainer.world_size == 2 else "another rank")
-        + " (it died, hung or its node was lost)"
-    )
-    detail = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0])  # drop gloo's source location
-    detail = detail.split(". This is typically")[0]
-    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None) or str(run_dir / "checkpoints")
-    last = Path(dirpath, "last.ckpt")
-    resume = (
-        f"the last checkpoint is {last}: run the same command again (same hydra.run.dir) to resume from it"
-        if last.is_file()
-        else "no checkpoint was written yet: run the same command again to start over"
-    )
-    return (
-        f"rank {trainer.global_rank} stopped in epoch {trainer.current_epoch} (step {trainer.global_step}): "
-        f"lost {lost} [{detail}]; {resume}"
-    )
-
-
-@contextlib.contextmanager
-def stop_on_lost_rank(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
-    """A rank that dies (kill -9, out of memory, a lost node) surfaces in the others as a failed collective:
-    at once when its sockets close, else after the process-group timeout (conf/trainer/ddp.yaml). Report
-    it as one line (`RankLostError`) instead of a traceback per rank."""
-    try:
-        yield
-    except Exception as err:
-        if trainer.world_size < 2 or not is_collective_failure(err):
-            raise
-        children = _detach_launched_ranks(trainer)
-        message = lost_rank_message(trainer, run_dir, err, children)
-        for proc in children:  # they cannot go on without this rank; they leave the report to it
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-        if _launched_by_lightning() and os.getppid() == _PARENT_PID:
-            raise SystemExit(EXIT_BAD_INPUT) from None  # quietly: this node's first process reports it
-        raise RankLostError(message) from err
 
 
 def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dict[str, Any]:
@@ -355,31 +237,6 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     return results
 
 
-def _started_separately(cfg: DictConfig) -> bool:
-    """The job's processes are started one by one (nodes by hand, SLURM tasks, torchrun), each running Hydra."""
-    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_NAME") not in (
-        "bash",
-        "interactive",
-    )  # Lightning's own test for tasks started by srun
-    num_nodes = cfg.trainer.get("num_nodes")  # a bad value is validate()'s to report
-    return (isinstance(num_nodes, int) and num_nodes > 1) or slurm_tasks or "TORCHELASTIC_RUN_ID" in os.environ
-
-
-def check_shared_run_dir(cfg: DictConfig, hydra_cfg: Any) -> None:
-    """Processes started separately must agree on the run dir: the default one is named after the second
-    each process started in, so two nodes could write (and auto-resume from) different dirs."""
-    if hydra_cfg.mode == RunMode.MULTIRUN or not _started_separately(cfg):
-        return  # a sweep's dir is fixed once, by the process that launches its jobs
-    run = OmegaConf.to_container(hydra_cfg.run, resolve=False)  # the dir as written, before ${now:...} resolves
-    run_dir = str(run.get("dir", "")) if isinstance(run, dict) else ""
-    if "${now:" in run_dir:
-        raise ConfigError(
-            f"hydra.run.dir={run_dir!r} is not allowed for a job started on several nodes or as separate tasks: "
-            "each process would name it after its own start time; give every process the same "
-            "hydra.run.dir=<shared path> (e.g. outputs/job-$SLURM_JOB_ID)"
-        )
-
-
 def hydra_job(cfg: DictConfig) -> float | None:
     """One Hydra job; returns best val top-1 so sweepers (Optuna) can optimise it."""
     hydra_cfg = HydraConfig.get()
@@ -393,7 +250,7 @@ def hydra_job(cfg: DictConfig) -> float | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mobilenet_pl.train`` and the ``mobilenet-pl-train`` console script."""
-    if _launched_by_lightning():
+    if launched_by_lightning():
         # an extra DDP rank: train the launching job's config, in its run dir, without Hydra
         with error_boundary():
             cfg = OmegaConf.create(os.environ[DDP_CONFIG_ENV])
@@ -401,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             train(cfg, Path(os.environ[DDP_JOB_ENV]))
         return 0
     args = list(sys.argv[1:] if argv is None else argv)
-    if _launched_as_extra_process() and not any(arg.startswith("hydra.output_subdir=") for arg in args):
+    if launched_as_extra_process() and not any(arg.startswith("hydra.output_subdir=") for arg in args):
         args.append("hydra.output_subdir=null")  # .hydra/ of the shared run dir is the first process's
     status = run_tool("train", hydra_job, args)
     if status and argv is None:  # the real command line: exit even where the caller ignores the status
