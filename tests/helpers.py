@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -76,3 +78,21 @@ def run_ok(module: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess
     proc = run_cli(module, *args, cwd=cwd, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def make_cifar10_folder(root: Path, train_per_batch: int = 10, test: int = 13) -> Path:
+    """torchvision's extracted CIFAR-10 layout (cifar-10-batches-py/) with a few random images."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+
+    def batch(name: str, n: int) -> None:
+        data = torch.randint(0, 256, (n, 3072), generator=gen, dtype=torch.uint8).numpy()
+        labels = torch.randint(0, 10, (n,), generator=gen).tolist()
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels}))
+
+    for i in range(1, 6):
+        batch(f"data_batch_{i}", train_per_batch)
+    batch("test_batch", test)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    return root

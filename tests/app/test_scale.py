@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import torch
 import torchvision.datasets.cifar as tv_cifar
 import yaml
-from helpers import make_image_folder, run_ok
+from helpers import make_cifar10_folder, make_image_folder, run_ok
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import TensorDataset
@@ -85,24 +84,6 @@ cifar.check_integrity = lambda *args, **kwargs: True
 from mobilenet_pl.train import main
 main()
 """
-
-
-def make_cifar10_folder(root: Path, train_per_batch: int = 10, test: int = 13) -> Path:
-    """torchvision's extracted CIFAR-10 layout (cifar-10-batches-py/) with a few random images."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(0)
-
-    def batch(name: str, n: int) -> None:
-        data = torch.randint(0, 256, (n, 3072), generator=gen, dtype=torch.uint8).numpy()
-        labels = torch.randint(0, 10, (n,), generator=gen).tolist()
-        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels}))
-
-    for i in range(1, 6):
-        batch(f"data_batch_{i}", train_per_batch)
-    batch("test_batch", test)
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
-    return root
 
 
 def data_option(name: str, tmp_path: Path) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from helpers import FAST, compose_train, make_image_folder, run_cli, run_ok
+from helpers import FAST, compose_train, make_cifar10_folder, make_image_folder, run_cli, run_ok
 
 from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from mobilenet_pl.train import train
@@ -208,11 +208,20 @@ def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("data", "interruption"),
-    [("digits", "epoch end"), ("digits", "SIGTERM mid-epoch"), ("imagefolder", "epoch end")],
+    [
+        ("digits", "epoch end"),
+        ("digits", "SIGTERM mid-epoch"),
+        ("imagefolder", "epoch end"),
+        ("fake", "epoch end"),
+        ("cifar10", "epoch end"),
+    ],
 )
-def test_resume_gives_identical_weights_to_an_uninterrupted_run(data: str, interruption: str, tmp_path: Path) -> None:
-    # digits: random affine augmentation, dropout and shuffling all draw from the RNGs; the image folder
-    # adds random-resized crops and flips drawn in 2 persistent DataLoader workers
+def test_resume_gives_identical_weights_to_an_uninterrupted_run(
+    data: str, interruption: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every data option: digits' random affine augmentation, dropout and shuffling all draw from the RNGs; the
+    # image folder adds random-resized crops and flips drawn in 2 persistent DataLoader workers; CIFAR-10 (a
+    # generated folder in torchvision's layout) its crop-with-padding and flip
     common = [
         "width=0.25",
         "logger=none",
@@ -229,6 +238,16 @@ def test_resume_gives_identical_weights_to_an_uninterrupted_run(data: str, inter
     if data == "imagefolder":
         root = make_image_folder(tmp_path / "images", classes=3, per_class=8)
         common += ["data=imagefolder", f"data.root={root}", "data.num_workers=2", "data.batch_size=4", "resolution=32"]
+    elif data == "fake":
+        common += ["data=fake", "data.batch_size=8", "data.val_size=8"]
+    elif data == "cifar10":
+        import torchvision.datasets.cifar as tv_cifar
+
+        # same files and layout as torchvision's download, other checksums
+        monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
+        monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+        root = make_cifar10_folder(tmp_path / "cifar", train_per_batch=8)
+        common += ["data=cifar10", f"data.root={root}", "data.download=false", "data.batch_size=4"]
     straight_dir, first_dir, resumed_dir = (tmp_path / name for name in ("straight", "first", "resumed"))
     for path in (straight_dir, first_dir, resumed_dir):
         path.mkdir()
