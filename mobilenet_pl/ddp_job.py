@@ -144,8 +144,11 @@ def stop_on_lost_rank(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
-        if launched_by_lightning() and os.getppid() == _PARENT_PID:
-            raise SystemExit(EXIT_BAD_INPUT) from None  # quietly: this node's first process reports it
+        if launched_by_lightning():
+            orphaned = os.getppid() != _PARENT_PID
+            # one report per node: its first process, or local rank 1 when the first process is the one lost
+            if not orphaned or os.environ.get("LOCAL_RANK") != "1":
+                raise SystemExit(EXIT_BAD_INPUT) from None
         raise RankLostError(message) from err
 
 
