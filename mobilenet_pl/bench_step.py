@@ -72,15 +72,18 @@ def autocast_for(cfg: Config) -> torch.autocast:
     return torch.autocast(cfg.device, dtype=cfg.dtype, enabled=cfg.dtype is not None)
 
 
-def train_step(model: nn.Module, cfg: Config, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """One SGD training step on ``batch`` per call; returns the step's loss (detached, not read back)."""
-    x, y = batch
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+def sgd_step(
+    model: nn.Module, cfg: Config, optimizer: torch.optim.Optimizer | None = None, label_smoothing: float = 0.0
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``step(x, y)``: one training step of ``model`` (SGD with the benchmark's settings unless ``optimizer``
+    is given, autocast and GradScaler as ``cfg`` says); returns the step's loss (detached, not read back)."""
+    if optimizer is None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     scaler = torch.amp.GradScaler(cfg.device) if cfg.dtype == torch.float16 else None
 
-    def step() -> torch.Tensor:
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with autocast_for(cfg):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -92,6 +95,12 @@ def train_step(model: nn.Module, cfg: Config, batch: tuple[torch.Tensor, torch.T
         return loss.detach()
 
     return step
+
+
+def train_step(model: nn.Module, cfg: Config, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """One SGD training step on ``batch`` per call; returns the step's loss (detached, not read back)."""
+    step = sgd_step(model, cfg)
+    return lambda: step(*batch)
 
 
 def network_train_samples(cfg: Config, family: str, num_classes: int) -> list[float]:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -40,6 +39,7 @@ from mobilenet_pl.bench_step import (
     MOMENTUM,
     WEIGHT_DECAY,
     Config,
+    sgd_step,
 )
 from mobilenet_pl.bench_step import autocast_for as _autocast
 from mobilenet_pl.bench_step import make_batch as _batch
@@ -302,20 +302,11 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
     def plain() -> float:
         module.to(cfg.device)  # Lightning's teardown moves the module to the CPU after every fit
         module.train()
-        optimizer = module.configure_optimizers()  # the same SGD and parameter groups as in the Trainer
-        scaler = torch.amp.GradScaler(cfg.device) if cfg.dtype == torch.float16 else None
+        # the same SGD and parameter groups as in the Trainer
+        step = sgd_step(module, cfg, module.configure_optimizers(), label_smoothing=LABEL_SMOOTHING)
         stamps = []
         for x, y in batches:
-            with _autocast(cfg):
-                loss = F.cross_entropy(module(x), y, label_smoothing=LABEL_SMOOTHING)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step(x, y)
             sync()
             stamps.append(clock())
         return (stamps[-1] - stamps[0]) / steps
