@@ -353,3 +353,60 @@ def test_a_hung_rank_is_given_up_after_the_timeout_even_with_a_sigterm_in_betwee
     assert "lost rank 1 " in errors[0] and "last.ckpt" in errors[0], errors[0]
     assert took >= TIMEOUT_S - 1, "gave up before the timeout: the hang was not what stopped it"
     torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("data", "world"),
+    [
+        ("digits", 2),
+        ("fake", 2),
+        pytest.param(
+            "fake",
+            3,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known limit: with 3+ ranks the resumed run differs (0.0047 max abs after 3 steps) while "
+                "uninterrupted 3-rank runs repeat exactly; likely cause, not proven: the first step after a restart "
+                "reduces gradients in DDP's initial bucket layout (rebuilt after a run's first step), and a ring sum "
+                "of 3+ floats depends on that layout (with 2 ranks a+b is the same either way)",
+            ),
+        ),
+    ],
+)
+def test_ddp_resume_gives_identical_weights_to_an_uninterrupted_run(data: str, world: int, tmp_path: Path) -> None:
+    """Exact resume holds under DDP too: every rank's sampler position and per-step reseeding come back."""
+    common = [
+        *DDP_CPU,
+        f"trainer.devices={world}",
+        *DATA[data],
+        "width=0.25",
+        "resolution=32",
+        "trainer.deterministic=true",
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=1",
+        "+trainer.enable_progress_bar=false",
+        "test=false",
+    ]
+    tests_dir = str(Path(__file__).resolve().parents[1])  # helpers.StopAfterEpoch, importable in every rank
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
+
+    def run(name: str, *extra: str) -> Path:
+        run_dir = tmp_path / name
+        args = [sys.executable, "-m", "mobilenet_pl.train", *common, *extra, f"hydra.run.dir={run_dir}"]
+        proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=PROCESS_LIMIT_S)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return run_dir
+
+    straight = state(run("straight"))
+    first = run("first", "+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0")
+    resumed = state(run("resumed", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))
+
+    def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+        return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+
+    difference = max_difference(straight, resumed)
+    print(f"{data}, {world} ranks: max abs weight difference after resume {difference:.3g}")
+    assert difference <= 1e-6
+    assert max_difference(straight, state(first)) > 1e-3  # the interrupted run had not got there yet
