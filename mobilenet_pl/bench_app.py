@@ -29,12 +29,11 @@ from typing import Any
 
 import torch
 
-from mobilenet_pl.bench_step import FAMILIES, Config, network_train_samples, quiet_lightning
+from mobilenet_pl.bench_step import FAMILIES, LIGHTNING_PRECISION, Config, network_train_samples, quiet_lightning
 from mobilenet_pl.timing import Entry, make_group, median
 
 DECODE_ON = ("workers", "device")
 SIDE_RANGE = (300, 500)  # image sides, as ImageNet photos after the usual downscale
-LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 
 
 def make_imagenet_folder(root: Path, train_images: int, classes: int, val_per_class: int = 1) -> Path:

@@ -17,6 +17,8 @@ from mobilenet_pl.models import create_model
 from mobilenet_pl.timing import interleaved
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the same precisions as Lightning Trainer arguments (lightning and app sections)
+LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 FAMILIES = {"v1": "mobilenet_v1", "v2": "mobilenet_v2"}
 # training-step variants of the modes section: torch.compile's mode for each (None: eager)
 MODES: dict[str, str | None] = {"eager": None, "compile": "default", "cudagraphs": "reduce-overhead"}

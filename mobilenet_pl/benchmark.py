@@ -34,6 +34,7 @@ from mobilenet_pl.bench_modes import bench_modes
 from mobilenet_pl.bench_step import (
     FAMILIES,
     LABEL_SMOOTHING,
+    LIGHTNING_PRECISION,
     LR,
     MODES,
     MOMENTUM,
@@ -297,7 +298,6 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
             for _ in range(steps + 1)
         ]
     )
-    lightning_precision = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[cfg.precision]
 
     def plain() -> float:
         module.to(cfg.device)  # Lightning's teardown moves the module to the CPU after every fit
@@ -317,7 +317,7 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
             trainer = L.Trainer(
                 accelerator="gpu" if cfg.device == "cuda" else "cpu",
                 devices=1,
-                precision=lightning_precision,  # type: ignore[arg-type]
+                precision=LIGHTNING_PRECISION[cfg.precision],  # type: ignore[arg-type]
                 max_epochs=1,
                 logger=CSVLogger(run_dir),
                 enable_progress_bar=True,

@@ -96,3 +96,9 @@ def make_cifar10_folder(root: Path, train_per_batch: int = 10, test: int = 13) -
     batch("test_batch", test)
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
     return root
+
+
+def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest absolute difference between two state dicts' floating-point tensors (same keys required)."""
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())

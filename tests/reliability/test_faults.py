@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from helpers import FAST, compose_train, make_cifar10_folder, make_image_folder, run_cli, run_ok
+from helpers import FAST, compose_train, make_cifar10_folder, make_image_folder, max_weight_difference, run_cli, run_ok
 
 from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from mobilenet_pl.train import train
@@ -198,11 +198,6 @@ def test_resume_continues_the_same_schedule(tmp_path: Path) -> None:
     assert (after["epoch"], after["global_step"]) == (2, 9)  # continued, not restarted
     assert after["lr_schedulers"][0]["last_epoch"] == 9
     assert len(after["optimizer_states"][0]["state"]) == len(before["optimizer_states"][0]["state"])
-
-
-def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
 
 
 @pytest.mark.slow

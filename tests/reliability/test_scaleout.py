@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, run_cli
+from helpers import FAST, max_weight_difference, run_cli
 
 from mobilenet_pl.errors import is_collective_failure
 
@@ -387,10 +387,7 @@ def test_ddp_resume_gives_identical_weights_to_an_uninterrupted_run(data: str, w
     first = run("first", "+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0")
     resumed = state(run("resumed", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))
 
-    def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-        return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
-
-    difference = max_difference(straight, resumed)
+    difference = max_weight_difference(straight, resumed)
     print(f"{data}, {world} ranks: max abs weight difference after resume {difference:.3g}")
     assert difference <= 1e-6
-    assert max_difference(straight, state(first)) > 1e-3  # the interrupted run had not got there yet
+    assert max_weight_difference(straight, state(first)) > 1e-3  # the interrupted run had not got there yet
