@@ -105,8 +105,8 @@ class ProgressBarRate(L.Callback):
     """Redraw Lightning's default progress bar (``RichProgressBar``) at most ``max_per_second`` times a second.
 
     Lightning's default bar redraws up to 100 times a second, from a thread of its own, after every batch: at
-    steps of 10 ms or more that is one redraw per step, ~0.4-0.9 ms of CPU each (holding the GIL, which the
-    training loop then waits for), 1.5-3% of a 30 ms step. 10 redraws a second look the same to a reader. A
+    steps of 10 ms or more that is one redraw per step, 0.3-0.45 ms of that thread's CPU each (holding the GIL
+    meanwhile), ~2% of a 30 ms step (docs/performance.md). 10 redraws a second look the same to a reader. A
     bar with a lower rate already, the TQDM bar (which limits itself), or no bar are left as they are.
     """
 
