@@ -1,5 +1,5 @@
-"""Callbacks of the training app: throughput, the W&B test report, and the reliability guards
-(per-batch reseeding for exact resume, a checkpoint on SIGTERM, a stop on a non-finite loss)."""
+"""Callbacks of the training app: throughput, the W&B test report, the progress bar's rate, and the reliability
+guards (per-batch reseeding for exact resume, a checkpoint on SIGTERM, a stop on a non-finite loss)."""
 
 from __future__ import annotations
 
