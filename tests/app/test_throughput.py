@@ -222,6 +222,38 @@ def test_training_steps_read_values_back_once_per_log_interval_not_per_step(tmp_
     assert "loss" in trainer.progress_bar_metrics  # the bar still shows the training loss
 
 
+def test_the_progress_bar_redraws_at_most_max_per_second_not_after_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's default bar redraws from its own thread up to 100 times a second: once per step at steps of
+    10 ms or more, ~0.5 ms of CPU each. With the app's ``callbacks.progress_rate`` it redraws at most 10 times
+    a second, and still redraws."""
+    import threading
+
+    import rich.live
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import RichProgressBar
+    from omegaconf import OmegaConf
+
+    from mobilenet_pl.config import config_dir
+
+    redraws: list[float] = []
+    refresh = rich.live.Live.refresh
+
+    def counted(live: rich.live.Live) -> None:
+        if threading.current_thread() is not threading.main_thread():  # the bar's refresh thread
+            redraws.append(time.perf_counter())
+        refresh(live)
+
+    monkeypatch.setattr(rich.live.Live, "refresh", counted)
+    rate = instantiate(OmegaConf.load(f"{config_dir()}/callbacks/default.yaml").progress_rate)  # the app's entry
+    assert rate.max_per_second == 10
+    started = time.perf_counter()
+    # 20 steps of at least 20 ms (the loader sleeps 5 ms per sample): ~20 redraws at Lightning's default rate
+    trainer = _fit(Linear(), DataLoader(SlowData(80, delay=0.005), batch_size=4), [rate], logger=False)
+    seconds = time.perf_counter() - started
+    assert isinstance(trainer.progress_bar_callback, RichProgressBar)
+    assert 1 <= len(redraws) <= seconds * 10 + 2, (len(redraws), seconds)
+
+
 def test_summary_says_when_a_run_was_input_bound() -> None:
     results = {
         "model": "mobilenet_v2",
