@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mobilenet_pl.app_callbacks import build_callbacks
 from mobilenet_pl.bench_app import bench_app
 from mobilenet_pl.bench_modes import bench_modes
 from mobilenet_pl.bench_step import (
@@ -362,17 +363,9 @@ def bench_lightning(cfg: Config, notes: list[str]) -> dict[str, Any]:
 
 
 def _app_callbacks(run_dir: str) -> list[Any]:
-    """The training app's callbacks (``conf/callbacks/default.yaml``) as ``train.build_callbacks`` makes them,
-    checkpoints into ``run_dir``."""
-    from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
+    """The training app's callbacks (``conf/callbacks/default.yaml``), checkpoints into ``run_dir``."""
     conf = OmegaConf.create({"seed": 0, "callbacks": OmegaConf.load(Path(config_dir()) / "callbacks" / "default.yaml")})
-    callbacks = [instantiate(node) for node in conf.callbacks.values()]
-    for callback in callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
-            callback.dirpath = run_dir
-    return callbacks
+    return list(build_callbacks(conf.callbacks, Path(run_dir), with_logger=True).values())
 
 
 def make_jpeg_folder(root: Path, count: int = PIPELINE_IMAGES, size: int = 256, classes: int = 4) -> Path:

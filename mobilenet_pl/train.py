@@ -24,10 +24,10 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from mobilenet_pl.app_callbacks import build_callbacks
 from mobilenet_pl.config import check_resume_checkpoint, validate
 from mobilenet_pl.ddp_job import (
     DDP_CONFIG_ENV,
@@ -75,18 +75,6 @@ def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> MobileNetClass
         compile=cfg.compile,
         class_names=list(datamodule.class_names),
     )
-
-
-def build_callbacks(cfg: DictConfig, run_dir: Path, with_logger: bool) -> dict[str, L.Callback]:
-    callbacks = {}
-    for name, conf in (cfg.callbacks or {}).items():
-        callback = instantiate(conf)
-        if isinstance(callback, LearningRateMonitor) and not with_logger:
-            continue  # LearningRateMonitor refuses to run without a logger
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
-            callback.dirpath = str(run_dir / "checkpoints")  # checkpoints live in the run dir
-        callbacks[name] = callback
-    return callbacks
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, wandb_group: str | None) -> Any:
@@ -192,7 +180,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     datamodule.setup("fit")  # surfaces data errors (missing folder, offline CIFAR) before any model work
     module = build_module(cfg, datamodule)
     logger = build_logger(cfg, run_dir, wandb_group)
-    callbacks = build_callbacks(cfg, run_dir, with_logger=logger is not None)
+    callbacks = build_callbacks(cfg.callbacks, run_dir / "checkpoints", with_logger=logger is not None)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         logger=logger if logger is not None else False,
