@@ -228,7 +228,7 @@ def test_the_progress_bar_redraws_at_most_max_per_second_not_after_every_step(mo
     a second, and still redraws."""
     import threading
 
-    import rich.live
+    rich_live = pytest.importorskip("rich.live", reason="without rich Lightning's bar is TQDM's, which limits itself")
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import RichProgressBar
     from omegaconf import OmegaConf
@@ -236,14 +236,14 @@ def test_the_progress_bar_redraws_at_most_max_per_second_not_after_every_step(mo
     from mobilenet_pl.config import config_dir
 
     redraws: list[float] = []
-    refresh = rich.live.Live.refresh
+    refresh = rich_live.Live.refresh
 
-    def counted(live: rich.live.Live) -> None:
+    def counted(live: Any) -> None:
         if threading.current_thread() is not threading.main_thread():  # the bar's refresh thread
             redraws.append(time.perf_counter())
         refresh(live)
 
-    monkeypatch.setattr(rich.live.Live, "refresh", counted)
+    monkeypatch.setattr(rich_live.Live, "refresh", counted)
     rate = instantiate(OmegaConf.load(f"{config_dir()}/callbacks/default.yaml").progress_rate)  # the app's entry
     assert rate.max_per_second == 10
     started = time.perf_counter()
