@@ -27,13 +27,27 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mobilenet_pl.errors import EXIT_BAD_INPUT, ConfigError, RankLostError, is_collective_failure
+from mobilenet_pl.lit.data import checked_folders, remember_checked_folders
 
 # Set by a DDP job for the ranks Lightning launches: the job's run dir and its config (YAML). The
 # environment, not a file in the run dir: nodes sharing the dir never race on it and a kill leaves nothing.
 DDP_JOB_ENV = "MOBILENET_PL_DDP_JOB"
 DDP_CONFIG_ENV = "MOBILENET_PL_DDP_CONFIG"
+# The first process's checks of the evaluation images (lit.data.checked_folders), so that the ranks it launches
+# do not decode every val/test image again; only up to this size (a folder full of broken files is rechecked).
+EVAL_CHECKS_ENV = "MOBILENET_PL_EVAL_CHECKS"
+EVAL_CHECKS_MAX_BYTES = 64 * 1024
 # What Lightning's launcher leaves in os.environ; a later job of the same multirun must start clean.
-_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", DDP_JOB_ENV, DDP_CONFIG_ENV)
+_LAUNCHER_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    DDP_JOB_ENV,
+    DDP_CONFIG_ENV,
+    EVAL_CHECKS_ENV,
+)
 
 
 @contextlib.contextmanager
@@ -54,6 +68,21 @@ def ddp_job_scope(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def hand_on_eval_checks() -> None:
+    """Publish this process's evaluation-image checks to the ranks Lightning is about to launch (call after the
+    data's ``setup``, before ``fit``)."""
+    text = checked_folders()
+    if len(text) <= EVAL_CHECKS_MAX_BYTES:
+        os.environ[EVAL_CHECKS_ENV] = text
+    else:
+        os.environ.pop(EVAL_CHECKS_ENV, None)
+
+
+def take_eval_checks() -> None:
+    """In a launched rank: take the first process's evaluation-image checks (before the data's ``setup``)."""
+    remember_checked_folders(os.environ.get(EVAL_CHECKS_ENV, ""))
 
 
 def launched_as_extra_process() -> bool:

@@ -34,9 +34,11 @@ from mobilenet_pl.ddp_job import (
     DDP_JOB_ENV,
     check_shared_run_dir,
     ddp_job_scope,
+    hand_on_eval_checks,
     launched_as_extra_process,
     launched_by_lightning,
     stop_on_lost_rank,
+    take_eval_checks,
 )
 from mobilenet_pl.errors import ConfigError, error_boundary
 from mobilenet_pl.lit.callbacks import Throughput
@@ -178,6 +180,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: ImageDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # surfaces data errors (missing folder, offline CIFAR) before any model work
+    hand_on_eval_checks()  # the DDP ranks Lightning launches need not decode every evaluation image again
     module = build_module(cfg, datamodule)
     logger = build_logger(cfg, run_dir, wandb_group)
     callbacks = build_callbacks(cfg.callbacks, run_dir / "checkpoints", with_logger=logger is not None)
@@ -243,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with error_boundary():
             cfg = OmegaConf.create(os.environ[DDP_CONFIG_ENV])
             assert isinstance(cfg, DictConfig)
+            take_eval_checks()
             train(cfg, Path(os.environ[DDP_JOB_ENV]))
         return 0
     args = list(sys.argv[1:] if argv is None else argv)

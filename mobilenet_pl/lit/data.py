@@ -357,6 +357,51 @@ def _read_error(path: str) -> UnreadableImage | None:
     return None
 
 
+# Evaluation folders this process has checked: a digest of the folder's files (paths, sizes, modification times)
+# -> its unreadable files and their errors. A second check of the same, unchanged folder (the next job of a
+# multirun, or a DDP rank handed the first rank's checks by ``remember_checked_folders``) decodes nothing.
+_CHECKED_FOLDERS: dict[str, dict[str, str]] = {}
+
+
+def _folder_digest(root: str, paths: list[str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(root.encode("utf-8", "surrogateescape"))
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        digest.update(f"\0{path}\0{stamp}".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def checked_folders() -> str:
+    """This process's evaluation-folder checks as JSON (``remember_checked_folders`` reads it)."""
+    import json
+
+    return json.dumps(_CHECKED_FOLDERS)
+
+
+def remember_checked_folders(text: str) -> None:
+    """Take another process's ``checked_folders()``; anything that is not such JSON is ignored (the folders
+    are then checked here)."""
+    import json
+
+    try:
+        folders = json.loads(text) if text else {}
+    except ValueError:
+        return
+    if not isinstance(folders, dict):
+        return
+    for digest, unreadable in folders.items():
+        if isinstance(unreadable, dict) and all(
+            isinstance(path, str) and isinstance(error, str) for path, error in unreadable.items()
+        ):
+            _CHECKED_FOLDERS[digest] = unreadable
+
+
 class CorruptImageError(ValueError):
     """An unreadable image with ``data.on_corrupt=error``, or an evaluation image that broke after its check."""
 
@@ -430,9 +475,18 @@ class ImageFolderSplit(ImageFolder):
         self.transform = None if encoded else self.pil_transform
 
     def _check_all(self) -> list[str]:
-        """Decode every file once (JPEGs at a reduced size, in threads); drop and return the unreadable ones."""
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            errors = list(pool.map(_read_error, (path for path, _ in self.samples)))
+        """Decode every file once (JPEGs at a reduced size, in threads); drop and return the unreadable ones.
+        A folder this process already checked, with no file added, removed or changed since, is not read again."""
+        paths = [path for path, _ in self.samples]
+        digest = _folder_digest(str(self.root), paths)
+        errors: list[UnreadableImage | None]
+        if digest in _CHECKED_FOLDERS:
+            known = _CHECKED_FOLDERS[digest]
+            errors = [UnreadableImage(known[path]) if path in known else None for path in paths]
+        else:
+            with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+                errors = list(pool.map(_read_error, paths))
+            _CHECKED_FOLDERS[digest] = {path: str(err) for path, err in zip(paths, errors, strict=True) if err}
         bad = [(path, err) for (path, _), err in zip(self.samples, errors, strict=True) if err is not None]
         for path, err in bad:
             self._report(path, err)

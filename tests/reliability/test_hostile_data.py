@@ -17,6 +17,8 @@ from helpers import FAST, make_image_folder, run_cli, run_ok
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from mobilenet_pl.ddp_job import EVAL_CHECKS_ENV, hand_on_eval_checks, take_eval_checks
+from mobilenet_pl.lit import data as data_module
 from mobilenet_pl.lit.data import (
     IGNORE_INDEX,
     CorruptImageError,
@@ -25,6 +27,7 @@ from mobilenet_pl.lit.data import (
     FakeDataModule,
     ImageDataModule,
     ImageFolderDataModule,
+    ImageFolderSplit,
 )
 from mobilenet_pl.lit.images import UnreadableImage, load_rgb
 
@@ -229,3 +232,69 @@ def test_image_folder_reads_16_bit_images_scaled(tmp_path: Path) -> None:
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     restored = image * std[:, None, None] + mean[:, None, None]
     assert torch.allclose(restored, torch.full_like(restored, 128 / 255), atol=0.01)
+
+
+def _eval_split(datamodule: ImageFolderDataModule) -> tuple[list[tuple[str, int]], list[str]]:
+    val = datamodule.val_set
+    assert isinstance(val, ImageFolderSplit)
+    return list(val.samples), list(val.skipped)
+
+
+def test_a_checked_evaluation_folder_is_not_decoded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The next job of a multirun and the DDP ranks Lightning launches (handed the first process's checks
+    in the environment) get the same evaluation split without decoding every image again."""
+    monkeypatch.setattr(data_module, "_CHECKED_FOLDERS", {})
+    monkeypatch.delenv(EVAL_CHECKS_ENV, raising=False)
+    root = make_image_folder(tmp_path / "images", classes=2, per_class=4)
+    corrupt(root / "val" / "class_1", ["img_2.jpg"])
+    first = ImageFolderDataModule(root=str(root), resolution=32)
+    first.setup("fit")
+    samples, skipped = _eval_split(first)
+    assert len(samples) == 7 and skipped == [str(root / "val" / "class_1" / "img_2.jpg")]
+    hand_on_eval_checks()  # what the first process does before Lightning launches the other ranks
+
+    decoded: list[str] = []
+    read_error = data_module._read_error
+    monkeypatch.setattr(data_module, "_read_error", lambda path: decoded.append(path) or read_error(path))
+    monkeypatch.setattr(data_module, "_CHECKED_FOLDERS", {})  # a launched rank starts with none
+    take_eval_checks()
+    with caplog.at_level(logging.WARNING, logger="mobilenet_pl"):
+        again = ImageFolderDataModule(root=str(root), resolution=32)
+        again.setup("fit")
+    assert decoded == []
+    assert _eval_split(again) == (samples, skipped)
+    assert "img_2.jpg" in caplog.text  # still named in this job's log
+
+    # the unreadable file replaced by a readable one: checked again, and now evaluated
+    (root / "val" / "class_1" / "img_2.jpg").write_bytes((root / "val" / "class_1" / "img_1.jpg").read_bytes())
+    repaired = ImageFolderDataModule(root=str(root), resolution=32)
+    repaired.setup("fit")
+    assert len(decoded) == 8 and _eval_split(repaired)[1] == []
+    assert len(_eval_split(repaired)[0]) == 8
+
+
+@pytest.mark.parametrize(
+    "text", ["", "not json", "[]", '{"d": []}', '{"d": {"x.jpg": {"error": "e"}}}', '{"d": {"x": 5}}']
+)
+def test_handed_on_checks_that_are_not_ours_are_ignored(
+    text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data_module, "_CHECKED_FOLDERS", {})
+    monkeypatch.setenv(EVAL_CHECKS_ENV, text)
+    take_eval_checks()
+    assert data_module._CHECKED_FOLDERS == {}
+    root = make_image_folder(tmp_path / "images", classes=2, per_class=2)
+    corrupt(root / "val" / "class_0", ["img_0.jpg"])
+    datamodule = ImageFolderDataModule(root=str(root), resolution=32)
+    datamodule.setup("fit")  # checked here instead
+    assert len(_eval_split(datamodule)[0]) == 3
+
+
+def test_checks_too_large_for_the_environment_are_not_handed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(EVAL_CHECKS_ENV, "{}")  # a previous job's
+    big = "x" * 1000
+    monkeypatch.setattr(data_module, "_CHECKED_FOLDERS", {"d": {f"{i}.jpg": big for i in range(100)}})
+    hand_on_eval_checks()
+    assert EVAL_CHECKS_ENV not in os.environ  # the launched ranks check the folders themselves
