@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 11's GPU measurement as two prepared runs, each under 5 minutes on a 16-core H200 machine:
 #   part "feed" (the default):
-#     1. the network alone and the Lightning overhead at batch 256 (sections train, lightning),
+#     1. the network alone, then the Lightning overhead, at batch 256 (sections train, lightning),
 #     2. the app end to end with decode_on=workers and device vs the network (section app, batch 128);
 #   part "modes": eager vs torch.compile vs CUDA graphs at batch 32 and 256 (section modes; each compiled
 #     mode and batch size takes a minute or more to compile, so it has a run of its own).
@@ -47,8 +47,9 @@ stage() {  # stage NAME SECONDS ARGS...: one benchmark run, its table in NAME.lo
 failed=()
 
 if [[ $part == feed ]]; then
-    stage network_lightning_b256 100 sections=[train,lightning] batch_size=256 repeats=3
-    stage app_b128 160 sections=[app] batch_size=128
+    stage network_b256 50 sections=[train] batch_size=256 repeats=3
+    stage lightning_b256 60 sections=[lightning] batch_size=256 repeats=3
+    stage app_b128 150 sections=[app] batch_size=128
 else
     stage modes_b32 130 sections=[modes] modes_batches=[32] repeats=3
     stage modes_b256 130 sections=[modes] modes_batches=[256] repeats=3

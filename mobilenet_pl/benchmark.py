@@ -672,7 +672,10 @@ def benchmark(dcfg: DictConfig) -> None:
         print(f"note: {note}")
     if cfg.json:
         Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json).write_text(json.dumps(report, indent=2))
+        # whole or not at all: a run stopped while writing (a time limit's SIGINT) leaves no half a file
+        partial = Path(f"{cfg.json}.partial")
+        partial.write_text(json.dumps(report, indent=2))
+        partial.replace(cfg.json)
         print(f"results: {cfg.json}")
 
 

@@ -36,7 +36,7 @@ DDP_CONFIG_ENV = "MOBILENET_PL_DDP_CONFIG"
 # The first process's checks of the evaluation images (lit.data.checked_folders), so that the ranks it launches
 # do not decode every val/test image again; only up to this size (a folder full of broken files is rechecked).
 EVAL_CHECKS_ENV = "MOBILENET_PL_EVAL_CHECKS"
-EVAL_CHECKS_MAX_BYTES = 64 * 1024
+EVAL_CHECKS_MAX_BYTES = 32 * 1024  # Windows: at most 32,767 characters per variable
 # What Lightning's launcher leaves in os.environ; a later job of the same multirun must start clean.
 _LAUNCHER_ENV = (
     "MASTER_ADDR",

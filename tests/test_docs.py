@@ -155,7 +155,12 @@ def test_documented_command_runs(doc: str, command: str, made: dict[str, Path], 
     words = shlex.split(command)
     env = {**os.environ, "WANDB_MODE": "offline"}
     if words[0] == "bash":  # a prepared script of the repository (its results folder goes to tmp_path)
-        script = subprocess.run(["bash", words[1], str(tmp_path / words[2]), *words[3:]], cwd=REPO, env=env)
+        script = subprocess.run(
+            ["bash", words[1], str(tmp_path / words[2]), *words[3:]],
+            cwd=REPO,
+            env={**env, "PYTHON": sys.executable},  # this interpreter, not whichever python3 PATH finds
+            timeout=660,  # each part is under 5 minutes of time limits
+        )
         assert script.returncode == 0, f"{doc}: {command}"
         return
     assert words[:2] == ["python", "-m"] and words[2].startswith("mobilenet_pl."), f"{doc}: unexpected {command!r}"

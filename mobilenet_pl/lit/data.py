@@ -357,20 +357,24 @@ def _read_error(path: str) -> UnreadableImage | None:
     return None
 
 
-# Evaluation folders this process has checked: a digest of the folder's files (paths, sizes, modification times)
-# -> its unreadable files and their errors. A second check of the same, unchanged folder (the next job of a
-# multirun, or a DDP rank handed the first rank's checks by ``remember_checked_folders``) decodes nothing.
+# Evaluation folders this process has checked: a digest of the folder's files (paths, sizes, times, inodes) and
+# of PIL's pixel limit -> its unreadable files and their errors. A second check of the same, unchanged folder (the
+# next job of a multirun, or a DDP rank handed the first rank's checks by ``remember_checked_folders``) decodes
+# only the files found unreadable before: one that reads now (repaired, or a passing I/O error) is evaluated.
 _CHECKED_FOLDERS: dict[str, dict[str, str]] = {}
 
 
 def _folder_digest(root: str, paths: list[str]) -> str:
     import hashlib
 
-    digest = hashlib.sha256(root.encode("utf-8", "surrogateescape"))
+    from PIL import Image
+
+    digest = hashlib.sha256(f"{root}\0{Image.MAX_IMAGE_PIXELS}".encode("utf-8", "surrogateescape"))
     for path in paths:
         try:
-            stat = os.stat(path)
-            stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+            st = os.stat(path)
+            # ctime too: writing a file and restoring its mtime (``cp -p``, ``touch -r``) still changes it
+            stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
         except OSError:
             stamp = "missing"
         digest.update(f"\0{path}\0{stamp}".encode("utf-8", "surrogateescape"))
@@ -476,17 +480,17 @@ class ImageFolderSplit(ImageFolder):
 
     def _check_all(self) -> list[str]:
         """Decode every file once (JPEGs at a reduced size, in threads); drop and return the unreadable ones.
-        A folder this process already checked, with no file added, removed or changed since, is not read again."""
+        In a folder this process already checked, with no file added, removed or changed since, only the files
+        found unreadable then are read again."""
         paths = [path for path, _ in self.samples]
         digest = _folder_digest(str(self.root), paths)
-        errors: list[UnreadableImage | None]
-        if digest in _CHECKED_FOLDERS:
-            known = _CHECKED_FOLDERS[digest]
-            errors = [UnreadableImage(known[path]) if path in known else None for path in paths]
-        else:
-            with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-                errors = list(pool.map(_read_error, paths))
-            _CHECKED_FOLDERS[digest] = {path: str(err) for path, err in zip(paths, errors, strict=True) if err}
+        known = _CHECKED_FOLDERS.get(digest)
+        # unchanged since a check: only the files found unreadable then are read again
+        todo = paths if known is None else [path for path in paths if path in known]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            found = dict(zip(todo, pool.map(_read_error, todo), strict=True))
+        errors = [found.get(path) for path in paths]
+        _CHECKED_FOLDERS[digest] = {path: str(err) for path, err in found.items() if err is not None}
         bad = [(path, err) for (path, _), err in zip(self.samples, errors, strict=True) if err is not None]
         for path, err in bad:
             self._report(path, err)

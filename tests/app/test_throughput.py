@@ -224,7 +224,7 @@ def test_training_steps_read_values_back_once_per_log_interval_not_per_step(tmp_
 
 def test_the_progress_bar_redraws_at_most_max_per_second_not_after_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lightning's default bar redraws from its own thread up to 100 times a second: once per step at steps of
-    10 ms or more, ~0.5 ms of CPU each. With the app's ``callbacks.progress_rate`` it redraws at most 10 times
+    10 ms or more, 0.3-0.45 ms of CPU each. With the app's ``callbacks.progress_rate`` it redraws at most 10 times
     a second, and still redraws."""
     import threading
 
@@ -251,6 +251,7 @@ def test_the_progress_bar_redraws_at_most_max_per_second_not_after_every_step(mo
     trainer = _fit(Linear(), DataLoader(SlowData(80, delay=0.005), batch_size=4), [rate], logger=False)
     seconds = time.perf_counter() - started
     assert isinstance(trainer.progress_bar_callback, RichProgressBar)
+    assert trainer.progress_bar_callback.refresh_rate == 10  # a loaded machine's slow steps could hide the count
     assert 1 <= len(redraws) <= seconds * 10 + 2, (len(redraws), seconds)
 
 
