@@ -358,10 +358,10 @@ def _read_error(path: str) -> UnreadableImage | None:
 
 
 # Evaluation folders this process has checked: a digest of the folder's files (paths, sizes, times, inodes) and
-# of PIL's pixel limit -> its unreadable files and their errors. A second check of the same, unchanged folder (the
+# of PIL's pixel limit -> its unreadable files. A second check of the same, unchanged folder (the
 # next job of a multirun, or a DDP rank handed the first rank's checks by ``remember_checked_folders``) decodes
 # only the files found unreadable before: one that reads now (repaired, or a passing I/O error) is evaluated.
-_CHECKED_FOLDERS: dict[str, dict[str, str]] = {}
+_CHECKED_FOLDERS: dict[str, list[str]] = {}
 
 
 def _folder_digest(root: str, paths: list[str]) -> str:
@@ -400,9 +400,7 @@ def remember_checked_folders(text: str) -> None:
     if not isinstance(folders, dict):
         return
     for digest, unreadable in folders.items():
-        if isinstance(unreadable, dict) and all(
-            isinstance(path, str) and isinstance(error, str) for path, error in unreadable.items()
-        ):
+        if isinstance(unreadable, list) and all(isinstance(path, str) for path in unreadable):
             _CHECKED_FOLDERS[digest] = unreadable
 
 
@@ -485,12 +483,12 @@ class ImageFolderSplit(ImageFolder):
         paths = [path for path, _ in self.samples]
         digest = _folder_digest(str(self.root), paths)
         known = _CHECKED_FOLDERS.get(digest)
-        # unchanged since a check: only the files found unreadable then are read again
-        todo = paths if known is None else [path for path in paths if path in known]
+        to_read = set(paths if known is None else known)  # unchanged since its check: the files unreadable then
+        todo = [path for path in paths if path in to_read]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             found = dict(zip(todo, pool.map(_read_error, todo), strict=True))
         errors = [found.get(path) for path in paths]
-        _CHECKED_FOLDERS[digest] = {path: str(err) for path, err in found.items() if err is not None}
+        _CHECKED_FOLDERS[digest] = [path for path, err in found.items() if err is not None]
         bad = [(path, err) for (path, _), err in zip(self.samples, errors, strict=True) if err is not None]
         for path, err in bad:
             self._report(path, err)
