@@ -310,8 +310,30 @@ def validate(cfg: DictConfig) -> None:
     _check_trainer(cfg.trainer)
     for group in ("data", "trainer", "logger"):
         _check_target_keys(group, cfg.get(group))
+    _check_callbacks(cfg)
     if cfg.ckpt_path is not None:
         check_checkpoint("ckpt_path", str(cfg.ckpt_path))
+
+
+# the numbers of the app's own callbacks (conf/callbacks/default.yaml) and their least values; a callback
+# removed with ``~callbacks.NAME`` has none to check
+CALLBACK_MINIMUMS: dict[str, float] = {
+    "callbacks.throughput.min_warmup_steps": 0,
+    "callbacks.wandb_report.num_samples": 0,
+    "callbacks.progress_rate.max_per_second": 1,
+    "callbacks.nonfinite.check_every_n_steps": 1,
+}
+
+
+def _check_callbacks(cfg: DictConfig) -> None:
+    """Each callback's keys are arguments of its class and the app's callbacks' numbers are in range: a bad
+    value would otherwise surface as a TypeError inside instantiation, or be silently raised to the least."""
+    for name, node in (cfg.get("callbacks") or {}).items():
+        _check_target_keys(f"callbacks.{name}", node)
+    check_values(cfg, CALLBACK_MINIMUMS)
+    fraction = OmegaConf.select(cfg, "callbacks.throughput.warmup_fraction")
+    if fraction is not None:
+        _number("callbacks.throughput.warmup_fraction", fraction, 0, inclusive=True, maximum=1)
 
 
 def _check_target_keys(group: str, node: Any) -> None:

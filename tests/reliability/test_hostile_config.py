@@ -36,6 +36,11 @@ def assert_one_line_refusal(proc, key: str) -> str:  # type: ignore[no-untyped-d
         (["resolution=100000"], "resolution"),
         (["seed=-1"], "seed"),
         (["+modle=v1"], "modle"),
+        (["callbacks.progress_rate.max_per_second=abc"], "callbacks.progress_rate.max_per_second"),
+        (["callbacks.progress_rate.max_per_second=0"], "callbacks.progress_rate.max_per_second"),
+        (["callbacks.nonfinite.check_every_n_steps=0"], "callbacks.nonfinite.check_every_n_steps"),
+        (["callbacks.throughput.warmup_fraction=2"], "callbacks.throughput.warmup_fraction"),
+        (["+callbacks.nonfinite.bogus=1"], "callbacks.nonfinite.bogus"),
     ],
 )
 def test_value_that_would_fail_later_is_refused_before_training(
@@ -81,3 +86,12 @@ def test_run_dir_under_a_file_is_one_line(tmp_path: Path) -> None:
     proc = run_cli("mobilenet_pl.train", f"hydra.run.dir={afile}/run", *FAST, "logger=none", cwd=tmp_path)
     line = assert_one_line_refusal(proc, "hydra.run.dir=")
     assert "is a file, not a folder" in line
+
+
+def test_callbacks_removed_from_the_app_pass_the_checks(tmp_path: Path) -> None:
+    from helpers import compose_train
+
+    from mobilenet_pl.config import CALLBACK_MINIMUMS, validate
+
+    removed = sorted({f"~callbacks.{key.split('.')[1]}" for key in CALLBACK_MINIMUMS})
+    validate(compose_train([*FAST, *removed], tmp_path))  # nothing left to check, nothing refused
