@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mobilenet_pl._version import __version__
 from mobilenet_pl.models import (
     FeatureInfo,
     MobileNet,
@@ -20,8 +21,6 @@ from mobilenet_pl.models import (
     mobilenet_v2,
 )
 from mobilenet_pl.models.convert import convert_state_dict, to_foreign_state_dict
-
-__version__ = "0.1.0"
 
 _LIGHTNING_NAMES = (
     "CIFARDataModule",

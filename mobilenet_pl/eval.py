@@ -20,13 +20,13 @@ from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from mobilenet_pl.config import check_checkpoint, check_values
-from mobilenet_pl.errors import ConfigError
+from mobilenet_pl.app.config import check_checkpoint, check_values
+from mobilenet_pl.app.errors import ConfigError
+from mobilenet_pl.app.plots import save_confusion_matrix
+from mobilenet_pl.app.results import write_results
+from mobilenet_pl.app.runner import checkpoint_datamodule, run_tool
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.models.cost import count_madds
-from mobilenet_pl.plots import save_confusion_matrix
-from mobilenet_pl.results import write_results
-from mobilenet_pl.tool import checkpoint_datamodule, run_tool
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> MobileNetClassifier:

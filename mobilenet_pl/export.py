@@ -13,12 +13,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mobilenet_pl.config import ExportFormat, check_values
+from mobilenet_pl.app.config import ExportFormat, check_values
+from mobilenet_pl.app.errors import CheckFailedError, require
+from mobilenet_pl.app.runner import check_output, output_path, run_tool
 from mobilenet_pl.deploy import PARITY_TOLERANCE, check_parity, export_onnx, export_torchscript, load_model
-from mobilenet_pl.errors import CheckFailedError, require
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
 from mobilenet_pl.models.registry import resolve_model_name
-from mobilenet_pl.tool import check_output, output_path, run_tool
 
 MIN_OPSET = 9
 

@@ -14,12 +14,12 @@ from dataclasses import asdict
 
 from omegaconf import DictConfig
 
-from mobilenet_pl.config import check_values
+from mobilenet_pl.app.config import check_values
+from mobilenet_pl.app.runner import run_tool
 from mobilenet_pl.models import create_model
 from mobilenet_pl.models.cost import PAPER_COSTS, measure_cost
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
 from mobilenet_pl.models.registry import resolve_model_name
-from mobilenet_pl.tool import run_tool
 
 PAPER_GRID = [("mobilenet_v1", w, r) for w in (1.0, 0.75, 0.5, 0.25) for r in (224, 192, 160, 128)] + [
     ("mobilenet_v2", w, 224) for w in (0.35, 0.5, 0.75, 1.0, 1.4)

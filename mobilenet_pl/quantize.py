@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from mobilenet_pl.config import check_values
+from mobilenet_pl.app.config import check_values
+from mobilenet_pl.app.errors import require
+from mobilenet_pl.app.runner import check_output, checkpoint_datamodule, output_path, run_tool
+from mobilenet_pl.app.timing import interleaved
 from mobilenet_pl.deploy import export_onnx, load_model, onnx_accuracy, ort_call, ort_session, quantize_onnx
-from mobilenet_pl.errors import require
 from mobilenet_pl.models.registry import resolve_model_name
-from mobilenet_pl.timing import interleaved
-from mobilenet_pl.tool import check_output, checkpoint_datamodule, output_path, run_tool
 
 
 def batch1_latency(

@@ -7,155 +7,16 @@ on your data). Runs by itself at the end of every multirun through the ``SweepSu
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mobilenet_pl.errors import EXIT_BAD_INPUT, ConfigError
-from mobilenet_pl.plots import _pyplot
-from mobilenet_pl.results import RESULTS_FILE, read_results
-from mobilenet_pl.tool import FAILED_FILE, run_tool
-
-COLUMNS = [
-    "job",
-    "model",
-    "width",
-    "resolution",
-    "params",
-    "madds",
-    "val_acc1",
-    "test_acc1",
-    "test_acc5",
-    "test_samples",
-    "epochs",
-    "wall_time_s",
-    "run_dir",
-    "error",  # a failed job: its one-line reason (the other columns stay empty)
-]
-
-
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job that wrote results.json or failed (failed.json), in job order."""
-    rows = []
-    finished = list(sweep_dir.rglob(RESULTS_FILE))
-    failed = [path for path in sweep_dir.rglob(FAILED_FILE) if not (path.parent / RESULTS_FILE).is_file()]
-    for path in sorted([*finished, *failed], key=lambda p: _job_key(p.parent.name)):
-        job = {"job": path.parent.relative_to(sweep_dir).as_posix(), "run_dir": str(path.parent)}
-        if path.name == FAILED_FILE:
-            rows.append({**dict.fromkeys(COLUMNS), **job, "error": json.loads(path.read_text()).get("error")})
-            continue
-        results = read_results(path)
-        metrics = results.get("metrics", {})
-        rows.append(
-            {
-                **job,
-                "model": results["model"],
-                "width": results["width"],
-                "resolution": results["resolution"],
-                "params": results["params"],
-                "madds": results["madds"],
-                "val_acc1": metrics.get("val/acc1"),
-                "test_acc1": metrics.get("test/acc1"),
-                "test_acc5": metrics.get("test/acc5"),
-                "test_samples": results.get("test_samples"),
-                "epochs": results.get("epochs"),
-                "wall_time_s": round(results.get("wall_time_s", 0.0), 1),
-                "error": None,
-            }
-        )
-    return rows
-
-
-def _job_key(name: str) -> tuple[int, str]:
-    return (int(name), name) if name.isdigit() else (10**9, name)
-
-
-def write_summary(rows: list[dict[str, Any]], path: Path) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy vs mult-adds (log scale); points of one model and resolution are joined by width."""
-    rows = [row for row in rows if row["error"] is None]  # failed jobs have no point
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    metric = "test_acc1" if all(r["test_acc1"] is not None for r in rows) else "val_acc1"
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["model"], row["resolution"]), []).append(row)
-    for (model, resolution), members in sorted(groups.items()):
-        members.sort(key=lambda r: r["madds"])
-        xs = [r["madds"] / 1e6 for r in members]
-        ys = [100 * (r[metric] or 0.0) for r in members]
-        ax.plot(xs, ys, marker="o", label=f"{model.replace('mobilenet_', '')} @ {resolution}px")
-        for r, x, y in zip(members, xs, ys, strict=True):
-            ax.annotate(
-                f"{model.replace('mobilenet_', '')} {r['width']:g}@{r['resolution']}",
-                (x, y),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=8,
-            )
-    ax.set_xscale("log")
-    ax.set_xlabel("mult-adds (millions, log scale)")
-    ax.set_ylabel(f"{metric.replace('_acc1', '')} top-1 (%)")
-    ax.set_title("accuracy vs computation (one point per job)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def write_report(sweep_dir: str | Path) -> tuple[Path, Path] | None:
-    """summary.csv and tradeoff.png in ``sweep_dir``; None when no job finished."""
-    sweep_dir = Path(sweep_dir)
-    rows = collect(sweep_dir)
-    if not rows:
-        return None
-    return write_summary(rows, sweep_dir / "summary.csv"), plot_tradeoff(rows, sweep_dir / "tradeoff.png")
-
-
-def format_rows(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'job':<6}{'model':<14}{'width':>6}{'res':>5}{'M madds':>9}{'val top-1':>10}{'test top-1':>11}"]
-    for r in rows:
-        if r["error"] is not None:
-            lines.append(f"{r['job']:<6}failed: {r['error']}")
-            continue
-        val = f"{100 * r['val_acc1']:.2f}" if r["val_acc1"] is not None else "-"
-        test = f"{100 * r['test_acc1']:.2f}" if r["test_acc1"] is not None else "-"
-        lines.append(
-            f"{r['job']:<6}{r['model']:<14}{r['width']:>6g}{r['resolution']:>5}{r['madds'] / 1e6:9.1f}{val:>10}{test:>11}"
-        )
-    return "\n".join(lines)
-
-
-class SweepSummary(Callback):
-    """Hydra callback: write the sweep report when a multirun ends (also for Optuna and SLURM)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        written = write_report(config.hydra.sweep.dir)
-        if written:
-            print(f"sweep summary: {written[0]}\ntrade-off plot: {written[1]}")
-        failed = [row for row in collect(Path(config.hydra.sweep.dir)) if row["error"] is not None]
-        if failed:
-            print(
-                f"{len(failed)} job(s) failed: {', '.join(row['job'] for row in failed)} (see summary.csv)",
-                file=sys.stderr,
-            )
-            # the other jobs ran and the summary is written; the exit status still tells scripts and CI
-            raise SystemExit(EXIT_BAD_INPUT)
+from mobilenet_pl.app.errors import ConfigError
+from mobilenet_pl.app.results import RESULTS_FILE
+from mobilenet_pl.app.runner import run_tool
+from mobilenet_pl.app.sweep import collect, format_rows, write_report
 
 
 def report(cfg: DictConfig) -> None:

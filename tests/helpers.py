@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from mobilenet_pl.config import config_dir, register_schemas
+from mobilenet_pl.app.config import config_dir, register_schemas
 
 register_schemas()
 CONF = Path(config_dir())

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from mobilenet_pl.benchmark import SECTIONS, main
-from mobilenet_pl.timing import Entry, interleaved, make_group
+from mobilenet_pl.app.timing import Entry, interleaved, make_group
+from mobilenet_pl.bench.settings import SECTIONS
+from mobilenet_pl.benchmark import main
 
 pytest.importorskip("onnxruntime")
 

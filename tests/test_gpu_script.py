@@ -10,7 +10,7 @@ from pathlib import Path
 
 from helpers import compose_train
 
-from mobilenet_pl.benchmark import settings
+from mobilenet_pl.bench.settings import settings
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_issue11.sh"
 BUDGET_S = 300  # one GPU run: under 5 minutes, device start-up not counted

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from mobilenet_pl.plots import printable, save_confusion_matrix
+from mobilenet_pl.app.plots import printable, save_confusion_matrix
 
 
 def test_non_utf8_folder_names_are_drawn(tmp_path: Path) -> None:

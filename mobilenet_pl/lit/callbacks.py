@@ -344,7 +344,7 @@ class WandbTestReport(L.Callback):
             return
         import wandb
 
-        from mobilenet_pl.plots import _pyplot, confusion_matrix_figure
+        from mobilenet_pl.app.plots import _pyplot, confusion_matrix_figure
 
         names = list(pl_module.hparams.get("class_names") or [])
         fig = confusion_matrix_figure(confusion, names, "test confusion matrix")

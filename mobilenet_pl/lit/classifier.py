@@ -285,7 +285,7 @@ class MobileNetClassifier(L.LightningModule):
         as separate hyperparameters) are translated to today's ``model`` dict."""
         kwargs.setdefault("weights_only", True)
         if "model" not in kwargs and isinstance(checkpoint_path, (str, Path)):
-            from mobilenet_pl.config import check_checkpoint
+            from mobilenet_pl.app.config import check_checkpoint
 
             # one clear line for a missing, empty, foreign or pickled file, not torch's mmap or pickle message
             raw = check_checkpoint("checkpoint_path", str(checkpoint_path))

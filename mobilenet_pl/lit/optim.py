@@ -195,7 +195,7 @@ def preset(kind: str, name: str) -> dict[str, Any]:
     """The shipped ``conf/<kind>/<name>.yaml``, checked: the app's defaults, written once."""
     import yaml
 
-    from mobilenet_pl.config import config_dir
+    from mobilenet_pl.app.config import config_dir
 
     checked = check_config(kind, yaml.safe_load((Path(config_dir()) / kind / f"{name}.yaml").read_text()))
     assert checked is not None

@@ -109,7 +109,7 @@ def test_help_says_what_lists_every_key_and_two_examples(tool: str, capsys: pyte
 
     from omegaconf import OmegaConf
 
-    from mobilenet_pl.config import SCHEMAS
+    from mobilenet_pl.app.config import SCHEMAS
 
     assert importlib.import_module(f"mobilenet_pl.{tool}").main(["--help"]) == 0
     text = capsys.readouterr().out

@@ -12,9 +12,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mobilenet_pl.config import SCHEMAS, TOOLS, ConfigError, validate
+from mobilenet_pl.app.build import build_module
+from mobilenet_pl.app.config import SCHEMAS, TOOLS, ConfigError, validate
 from mobilenet_pl.lit.optim import build_optimizer, build_scheduler
-from mobilenet_pl.train import build_module
 
 
 def options(group: str) -> list[str]:

@@ -9,9 +9,9 @@ import pytest
 from helpers import CONF, compose_train
 from omegaconf import OmegaConf
 
+from mobilenet_pl.app.build import build_module
 from mobilenet_pl.lit.data import FakeDataModule
 from mobilenet_pl.models.hparams import architecture_defaults
-from mobilenet_pl.train import build_module
 
 APP_KEYS = {"name", "pretrained"}  # pretrained is a starting point, not part of the architecture
 

@@ -16,10 +16,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
+from mobilenet_pl.app.results import format_summary
 from mobilenet_pl.lit import callbacks
 from mobilenet_pl.lit.callbacks import StopOnNonFiniteLoss, Throughput
 from mobilenet_pl.lit.classifier import MobileNetClassifier
-from mobilenet_pl.results import format_summary
 
 
 class FakeClock:
@@ -233,7 +233,7 @@ def test_the_progress_bar_redraws_at_most_max_per_second_not_after_every_step(mo
     from lightning.pytorch.callbacks import RichProgressBar
     from omegaconf import OmegaConf
 
-    from mobilenet_pl.config import config_dir
+    from mobilenet_pl.app.config import config_dir
 
     redraws: list[float] = []
     refresh = rich_live.Live.refresh

@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers import FAST, compose_train, make_image_folder
 
+from mobilenet_pl.app.results import REQUIRED_KEYS
 from mobilenet_pl.lit.classifier import MobileNetClassifier
-from mobilenet_pl.results import REQUIRED_KEYS
 from mobilenet_pl.train import train
 
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, open_dict
 
-from mobilenet_pl.config import ConfigError, validate
+from mobilenet_pl.app.config import ConfigError, validate
 
 numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-(10**6), 10**6))
 
@@ -93,8 +93,8 @@ def test_every_group_option_composes_or_is_refused_in_one_line_naming_a_key(
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from mobilenet_pl.config import check_known_keys
-    from mobilenet_pl.errors import _expected, one_line
+    from mobilenet_pl.app.config import check_known_keys
+    from mobilenet_pl.app.errors import _expected, one_line
 
     root = tmp_path_factory.getbasetemp() / "fuzz_images"
     if not root.exists():

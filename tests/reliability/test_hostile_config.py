@@ -91,7 +91,7 @@ def test_run_dir_under_a_file_is_one_line(tmp_path: Path) -> None:
 def test_callbacks_removed_from_the_app_pass_the_checks(tmp_path: Path) -> None:
     from helpers import compose_train
 
-    from mobilenet_pl.config import CALLBACK_MINIMUMS, validate
+    from mobilenet_pl.app.config import CALLBACK_MINIMUMS, validate
 
     removed = sorted({f"~callbacks.{key.split('.')[1]}" for key in CALLBACK_MINIMUMS})
     validate(compose_train([*FAST, *removed], tmp_path))  # nothing left to check, nothing refused

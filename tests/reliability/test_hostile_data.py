@@ -17,7 +17,7 @@ from helpers import FAST, make_image_folder, run_cli, run_ok
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mobilenet_pl.ddp_job import EVAL_CHECKS_ENV, hand_on_eval_checks, take_eval_checks
+from mobilenet_pl.app.ddp_job import EVAL_CHECKS_ENV, hand_on_eval_checks, take_eval_checks
 from mobilenet_pl.lit import data as data_module
 from mobilenet_pl.lit.data import (
     IGNORE_INDEX,

@@ -75,7 +75,7 @@ def test_quantize_keeps_an_earlier_export(
 HOLD = """
 import sys, time
 from pathlib import Path
-from mobilenet_pl.train import run_dir_lock
+from mobilenet_pl.app.run_dir import run_dir_lock
 with run_dir_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from helpers import FAST, max_weight_difference, run_cli
 
-from mobilenet_pl.errors import is_collective_failure
+from mobilenet_pl.app.errors import is_collective_failure
 
 DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "logger=none"]
 TINY = ["width=0.25", "resolution=32", "+trainer.limit_train_batches=3", *FAST[:1], *FAST[2:]]

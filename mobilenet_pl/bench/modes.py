@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from mobilenet_pl.bench_step import FAMILIES, MODES, Config, make_batch, train_step
+from mobilenet_pl.app.timing import Entry, interleaved, make_group, median
+from mobilenet_pl.bench.step import FAMILIES, MODES, Config, make_batch, train_step
 from mobilenet_pl.models import create_model
-from mobilenet_pl.timing import Entry, interleaved, make_group, median
 
 CHECK_STEPS = 3  # losses recorded per mode; the first step's loss and update are checked
 # a mode may be this many times less accurate than eager against float64 (eager's channels-last and

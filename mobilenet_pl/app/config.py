@@ -18,7 +18,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mobilenet_pl.errors import ConfigError
+from mobilenet_pl.app.errors import ConfigError
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
 
 CONFIG_DIR_NAME = "conf"
@@ -205,11 +205,11 @@ def register_schemas() -> None:
 
 def config_dir() -> str:
     """The ``conf/`` folder: inside the installed wheel, or at the repository root (editable install)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / CONFIG_DIR_NAME, here.parent / CONFIG_DIR_NAME):
+    package = Path(__file__).resolve().parents[1]  # mobilenet_pl/
+    for candidate in (package / CONFIG_DIR_NAME, package.parent / CONFIG_DIR_NAME):
         if (candidate / "train.yaml").is_file():
             return str(candidate)
-    raise FileNotFoundError(f"mobilenet_pl configs not found next to {here}; reinstall the package")
+    raise FileNotFoundError(f"mobilenet_pl configs not found next to {package}; reinstall the package")
 
 
 def _number(

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from mobilenet_pl.bench_step import FAMILIES, LIGHTNING_PRECISION, Config, network_train_samples, quiet_lightning
-from mobilenet_pl.timing import Entry, make_group, median
+from mobilenet_pl.app.timing import Entry, make_group, median
+from mobilenet_pl.bench.step import FAMILIES, LIGHTNING_PRECISION, Config, network_train_samples, quiet_lightning
 
 DECODE_ON = ("workers", "device")
 SIDE_RANGE = (300, 500)  # image sides, as ImageNet photos after the usual downscale

@@ -22,8 +22,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mobilenet_pl.config import check_known_keys, check_run_dir, config_dir, register_schemas
-from mobilenet_pl.errors import EXIT_BAD_INPUT, ConfigError, error_boundary, one_line, require
+from mobilenet_pl.app.config import check_known_keys, check_run_dir, config_dir, register_schemas
+from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, error_boundary, one_line, require
 
 # overrides that need a plugin from the ``sweeps`` extra
 PLUGIN_OF_OVERRIDE = {

@@ -26,7 +26,7 @@ import lightning as L
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mobilenet_pl.errors import EXIT_BAD_INPUT, ConfigError, RankLostError, is_collective_failure
+from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, RankLostError, is_collective_failure
 from mobilenet_pl.lit.data import checked_folders, remember_checked_folders
 
 # Set by a DDP job for the ranks Lightning launches: the job's run dir and its config (YAML). The

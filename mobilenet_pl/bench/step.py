@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilenet_pl.app.timing import interleaved
 from mobilenet_pl.models import create_model
-from mobilenet_pl.timing import interleaved
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # the same precisions as Lightning Trainer arguments (lightning and app sections)

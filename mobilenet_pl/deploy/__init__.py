@@ -1,0 +1,24 @@
+"""Deployment: BatchNorm folding, exports with embedded metadata (ONNX, TorchScript), parity checks in the
+export's own runtime, and INT8. Used by the export, quantize and benchmark commands."""
+
+from mobilenet_pl.deploy.checkpoint import load_model
+from mobilenet_pl.deploy.fold import fold_batchnorm
+from mobilenet_pl.deploy.metadata import build_metadata, read_metadata
+from mobilenet_pl.deploy.onnx import export_onnx, onnx_accuracy, ort_call, ort_session, quantize_onnx
+from mobilenet_pl.deploy.parity import PARITY_TOLERANCE, check_parity
+from mobilenet_pl.deploy.torchscript import export_torchscript
+
+__all__ = [
+    "PARITY_TOLERANCE",
+    "build_metadata",
+    "check_parity",
+    "export_onnx",
+    "export_torchscript",
+    "fold_batchnorm",
+    "load_model",
+    "onnx_accuracy",
+    "ort_call",
+    "ort_session",
+    "quantize_onnx",
+    "read_metadata",
+]

@@ -1,0 +1,78 @@
+"""The metadata a deployment needs (class names, normalisation, resolution, model name and width), embedded
+in every export: ONNX ``metadata_props`` or TorchScript ``_extra_files["metadata.json"]``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mobilenet_pl._version import __version__
+from mobilenet_pl.app.errors import require
+
+METADATA_FILE = "metadata.json"  # TorchScript _extra_files key
+
+
+def in_chans(model: nn.Module) -> int:
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is None:
+        raise ValueError("cannot infer the input channels: the model has no Conv2d")
+    return int(first_conv.in_channels)
+
+
+def build_metadata(
+    model: nn.Module,
+    resolution: int,
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    name: str | None = None,
+    width: float | None = None,
+) -> dict[str, Any]:
+    """The metadata embedded in an export; keys whose value is unknown (None) are left out."""
+    channels = in_chans(model)
+    for key, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) != channels:
+            raise ValueError(f"{key} has {len(values)} values but the model takes {channels} input channels")
+    meta: dict[str, Any] = {
+        "model": name or type(model).__name__,
+        "width": width,
+        "resolution": int(resolution),
+        "in_chans": channels,
+        "num_classes": getattr(model, "num_classes", None),
+        "class_names": list(class_names) if class_names is not None else None,
+        "mean": [float(v) for v in mean] if mean is not None else None,
+        "std": [float(v) for v in std] if std is not None else None,
+        "input_layout": "NCHW float32, normalised per channel as (x - mean) / std",
+        "producer": f"mobilenet_pl {__version__}",
+    }
+    return {key: value for key, value in meta.items() if value is not None}
+
+
+def encode_value(value: Any) -> str:
+    # strings stay readable for other tools (Netron shows them as is); everything else is JSON
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def decode_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Metadata of an ONNX (``.onnx``) or TorchScript export, values decoded (lists, numbers, strings)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        onnx = require("onnx", "reading ONNX metadata")
+        model = onnx.load(str(path), load_external_data=False)
+        return {prop.key: decode_value(prop.value) for prop in model.metadata_props}
+    extra = {METADATA_FILE: ""}
+    from mobilenet_pl.deploy.torchscript import load_torchscript
+
+    load_torchscript(path, extra)
+    return dict(json.loads(extra[METADATA_FILE])) if extra[METADATA_FILE] else {}
