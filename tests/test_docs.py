@@ -34,7 +34,7 @@ NOT_RUN = {
     "nox -s": "runs this very test suite",
     "wandb login": "interactive, needs the network",
 }
-NEEDS_GPU = ("trainer=gpu", "trainer.accelerator=gpu", "device=cuda", "benchmarks/gpu_issue11.sh")
+NEEDS_GPU = ("trainer=gpu", "trainer.accelerator=gpu", "device=cuda", "benchmarks/gpu_measure.sh")
 TINY_BENCHMARK = ["steps=1", "resolution=64", "batch_size=2", "infer_batch=2", "repeats=1", "warmup=1", "threads=1"]
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from mobilenet_pl._version import __version__
 from mobilenet_pl.app.errors import require
+from mobilenet_pl.deploy.runtime import load_torchscript
 
 METADATA_FILE = "metadata.json"  # TorchScript _extra_files key
 
@@ -72,7 +73,5 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         model = onnx.load(str(path), load_external_data=False)
         return {prop.key: decode_value(prop.value) for prop in model.metadata_props}
     extra = {METADATA_FILE: ""}
-    from mobilenet_pl.deploy.torchscript import load_torchscript
-
     load_torchscript(path, extra)
     return dict(json.loads(extra[METADATA_FILE])) if extra[METADATA_FILE] else {}

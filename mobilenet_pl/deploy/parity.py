@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from mobilenet_pl.deploy.metadata import in_chans
 from mobilenet_pl.deploy.onnx import ort_session
-from mobilenet_pl.deploy.torchscript import load_torchscript
+from mobilenet_pl.deploy.runtime import load_torchscript
 
 PARITY_TOLERANCE = 1e-4  # max abs logit difference accepted between the export and eager PyTorch
 

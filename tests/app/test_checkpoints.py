@@ -71,7 +71,7 @@ def rewrite(source: Path, target: Path, **hparams: Any) -> Path:
     return target
 
 
-# -- issue 10 item 2: nothing read from a checkpoint may name code to call --------------------------------
+# -- nothing read from a checkpoint may name code to call --------------------------------
 ATTACKS = {
     # the 0.1 layout instantiated these with Hydra: Path.touch(str) created the file
     "optimizer_target": lambda f: {"optimizer": {"_target_": "pathlib.Path.touch", "_args_": [str(f)]}},
@@ -145,7 +145,7 @@ def test_old_style_model_argument_says_what_to_pass() -> None:
         MobileNetClassifier("v2")  # type: ignore[arg-type]
 
 
-# -- issue 10 item 9: resume with a new optimizer.lr --------------------------------------------------------
+# -- resume with a new optimizer.lr --------------------------------------------------------
 def test_resume_with_a_changed_lr_is_refused_naming_the_key(saved: Path, tmp_path: Path) -> None:
     changed = new_module(optimizer={**OPTIMIZER, "lr": 0.01})
     with pytest.raises(ValueError, match=r"^optimizer\.lr=0\.01 differs from the resumed checkpoint's 0\.005"):
@@ -162,7 +162,7 @@ def test_resume_with_a_changed_lr_is_refused_naming_the_key(saved: Path, tmp_pat
     assert fit.optimizers[0].defaults["lr"] == same.hparams["optimizer"]["lr"]
 
 
-# -- issue 9 item 5: from_checkpoint and pretrained=ckpt -------------------------------------------------
+# -- from_checkpoint and pretrained=ckpt -------------------------------------------------
 def test_from_checkpoint_rebuilds_the_architecture_with_ema_weights(saved: Path) -> None:
     module = MobileNetClassifier.load_from_checkpoint(saved, weights_only=True).eval()
     model = from_checkpoint(saved)

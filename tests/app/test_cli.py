@@ -123,16 +123,6 @@ def test_help_says_what_lists_every_key_and_two_examples(tool: str, capsys: pyte
     assert examples.count(f"python -m mobilenet_pl.{tool} ") == 2
 
 
-def test_no_entry_point_imports_another_and_no_cycle() -> None:
-    from import_graph import ENTRY_POINTS, cycles, import_graph
-
-    graph = import_graph()
-    assert set(graph) >= ENTRY_POINTS
-    for module in ENTRY_POINTS:
-        assert not graph[module] & ENTRY_POINTS, f"{module} imports {graph[module] & ENTRY_POINTS}"
-    assert cycles(graph) == []
-
-
 def test_console_script_for_every_entry_point() -> None:
     import tomllib
 

@@ -1,4 +1,4 @@
-"""The workers' input path made faster (issue 11, item 2) computes what it computed before."""
+"""The workers' input path made faster computes what it computed before."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The per-step work trimmed for speed (issue 11, item 3) keeps what it produced: the loggers' training loss,
+"""The per-step work trimmed for speed keeps what it produced: the loggers' training loss,
 the NaN guard, the per-batch reseeding."""
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def data_modules(tmp_path: Path) -> dict[str, ImageDataModule]:
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("name", ["digits", "fake", "imagefolder"])
 def test_eval_shards_of_every_data_set_collate_with_their_top_ups(name: str, world: int, tmp_path: Path) -> None:
-    # the DDP crash of issue 10: a top-up's int label next to a data set's tensor label does not collate
+    # a DDP crash once: a top-up's int label next to a data set's tensor label does not collate
     datamodule = data_modules(tmp_path)[name]
     datamodule.setup("fit")
     for split in (datamodule.val_set, datamodule.test_set):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11's GPU measurement as two prepared runs, each under 5 minutes on a 16-core H200 machine:
+# The GPU measurement (input feed, Lightning overhead, compile modes) as two prepared runs, each under 5 minutes on a 16-core H200 machine:
 #   part "feed" (the default):
 #     1. the network alone, then the Lightning overhead, at batch 256 (sections train, lightning),
 #     2. the app end to end with decode_on=workers and device vs the network (section app, batch 128);
@@ -7,7 +7,7 @@
 #     mode and batch size takes a minute or more to compile, so it has a run of its own).
 # Each stage has its own time limit, so a slow stage cannot take the others' results with it.
 #
-# Usage, from the checkout on the GPU machine: bash benchmarks/gpu_issue11.sh [RESULTS_DIR] [feed|modes]
+# Usage, from the checkout on the GPU machine: bash benchmarks/gpu_measure.sh [RESULTS_DIR] [feed|modes]
 # (RESULTS_DIR default: $OUT when set, else gpu_results). Where hydra-core/omegaconf are not installed, their wheels
 # are taken from .gpu/whl (a copy of ../shared/gpu, see docs/performance.md "GPU").
 set -uo pipefail

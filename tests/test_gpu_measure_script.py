@@ -1,4 +1,4 @@
-"""benchmarks/gpu_issue11.sh, the prepared GPU run, cannot rot unnoticed on machines without a GPU: its
+"""benchmarks/gpu_measure.sh, the prepared GPU run, cannot rot unnoticed on machines without a GPU: its
 shell parses, every stage's overrides are valid benchmark settings, and its stages fit the 5-minute budget."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from helpers import compose_train
 
 from mobilenet_pl.bench.settings import settings
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_issue11.sh"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_measure.sh"
 BUDGET_S = 300  # one GPU run: under 5 minutes, device start-up not counted
 
 
@@ -41,7 +41,7 @@ def test_every_stage_is_a_valid_benchmark_run_within_the_budget(tmp_path: Path) 
         # no CUDA here: the same settings on the CPU (settings() refuses device=cuda without a GPU)
         cfg = compose_train([o if o != "device=cuda" else "device=cpu" for o in overrides], tmp_path, "benchmark")
         sections |= set(settings(cfg).sections)
-    assert sections == {"train", "lightning", "app", "modes"}  # what issue 11 asks to measure on a GPU
+    assert sections == {"train", "lightning", "app", "modes"}  # what the GPU measurement covers
     for part in (stages[:3], stages[3:]):  # the two runs, "feed" and "modes"
         assert sum(limit + 10 for _, limit, _ in part) <= BUDGET_S  # each limit plus timeout's kill grace
 
