@@ -24,7 +24,7 @@ from mobilenet_pl.app.config import check_checkpoint, check_values
 from mobilenet_pl.app.errors import ConfigError
 from mobilenet_pl.app.plots import save_confusion_matrix
 from mobilenet_pl.app.results import write_results
-from mobilenet_pl.app.runner import checkpoint_datamodule, run_tool
+from mobilenet_pl.app.runner import checkpoint_datamodule, run_tool, save_run_record
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.models.cost import count_madds
 
@@ -94,6 +94,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = checkpoint_datamodule(cfg.data, hp, batch_size=cfg.batch_size)
     datamodule.setup("test")
     check_class_names(cfg.ckpt_path, hp.get("class_names"), list(datamodule.class_names))
+    save_run_record()  # checked: only now the run's .hydra/ record is written
     result = evaluate(module, datamodule.split_dataloader(cfg.split), device)
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

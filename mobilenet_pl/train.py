@@ -41,7 +41,7 @@ from mobilenet_pl.app.ddp_job import (
 from mobilenet_pl.app.errors import error_boundary
 from mobilenet_pl.app.results import format_summary, write_results
 from mobilenet_pl.app.run_dir import resume_path, run_dir_lock
-from mobilenet_pl.app.runner import run_tool
+from mobilenet_pl.app.runner import run_tool, save_run_record
 from mobilenet_pl.app.tracking import TrackedWandbLogger
 from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
 from mobilenet_pl.lit.data import ImageDataModule
@@ -53,11 +53,16 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     """Fit, test and write ``results.json`` into ``run_dir``; return the results."""
     started = time.perf_counter()
     validate(cfg)
+    resume = resume_path(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: ImageDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # surfaces data errors (missing folder, offline CIFAR) before any model work
     hand_on_eval_checks()  # the DDP ranks Lightning launches need not decode every evaluation image again
     module = build_module(cfg, datamodule)
+    if resume is not None:  # ckpt_path and an auto-resumed last.ckpt get the same checks
+        key = "ckpt_path" if cfg.ckpt_path else "auto_resume"
+        check_resume_checkpoint(key, resume, module.hparams, module.state_dict())
+    save_run_record()  # the run is accepted: only now its .hydra/ record may replace an earlier run's
     logger = build_logger(cfg, run_dir, wandb_group)
     callbacks = build_callbacks(cfg.callbacks, run_dir / "checkpoints", with_logger=logger is not None)
     trainer: L.Trainer = instantiate(
@@ -70,10 +75,6 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
         plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves a broken checkpoint
     )
 
-    resume = resume_path(cfg, run_dir)
-    if resume is not None:  # ckpt_path and an auto-resumed last.ckpt get the same checks
-        key = "ckpt_path" if cfg.ckpt_path else "auto_resume"
-        check_resume_checkpoint(key, resume, module.hparams, module.state_dict())
     with stop_on_lost_rank(trainer, run_dir):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from mobilenet_pl.app.ddp_job import launched_as_extra_process
 from mobilenet_pl.app.errors import ConfigError
+from mobilenet_pl.app.results import RESULTS_FILE
 
 
 @contextlib.contextmanager
@@ -51,8 +52,17 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
 
 
 def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
-    """``ckpt_path``, else (``auto_resume``) the job's own ``last.ckpt`` after a preemption requeue."""
+    """``ckpt_path``, else (``auto_resume``) the job's own ``last.ckpt`` after a preemption requeue; a run dir
+    that holds a finished run (its results.json) is refused rather than tested and rewritten again."""
     if cfg.ckpt_path:
         return str(cfg.ckpt_path)
     last = run_dir / "checkpoints" / "last.ckpt"
-    return str(last) if cfg.auto_resume and last.is_file() else None
+    if not (cfg.auto_resume and last.is_file()):
+        return None
+    if (run_dir / RESULTS_FILE).is_file():  # resuming would re-test and rewrite that run's results.json
+        raise ConfigError(
+            f"auto_resume=true is not allowed in hydra.run.dir={str(run_dir)!r}: it holds a finished run "
+            f"({RESULTS_FILE}); give this run its own hydra.run.dir, or continue that run on purpose with "
+            f"ckpt_path={str(last)!r} (and a higher trainer.max_epochs)"
+        )
+    return str(last)

@@ -5,14 +5,21 @@ Hydra reports its own errors (an unknown key, a value of the wrong type, a missi
 several lines and exits 1, before the task runs. So a plain run composes the config once with Hydra's
 compose API inside the error boundary first: the same errors then read as one ``error:`` line, exit 2.
 Runs with Hydra flags (``--help``, ``--cfg``, ``-m`` sweeps, ...) go to Hydra as they are.
+
+A run that is refused writes nothing: Hydra would save the run's record (``.hydra/config.yaml``,
+``hydra.yaml``, ``overrides.yaml``) into the run dir before the job starts, so a refused run in a finished
+run's dir (auto_resume of another model, a run dir in use, a bad value) would rewrite that run's record.
+Hydra is told ``hydra.output_subdir=null`` and the job saves the record itself once the tool's checks pass
+(`save_run_record`), or when the task returns.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -20,7 +27,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mobilenet_pl.app.config import check_known_keys, check_run_dir, config_dir, register_schemas
 from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, error_boundary, one_line, require
@@ -51,6 +58,51 @@ def _check_composes(name: str, args: Sequence[str]) -> None:
         GlobalHydra.instance().clear()
 
 
+OUTPUT_SUBDIR = "hydra.output_subdir"
+# the record the running job saves once its checks pass: (its config as composed, the subdir to save it in)
+_pending_record: list[tuple[DictConfig, str]] = []
+
+
+def _split_output_subdir(name: str, args: Sequence[str]) -> tuple[list[str], str | None]:
+    """``args`` with ``hydra.output_subdir`` set to null for Hydra, and the subdir the record belongs in (the
+    user's last ``hydra.output_subdir=``, else the tool's YAML's, else Hydra's ``.hydra``; None: no record)."""
+    subdir: str | None = ".hydra"
+    tool_yaml = OmegaConf.load(Path(config_dir()) / f"{name}.yaml")
+    tool_hydra = (tool_yaml.get("hydra") if isinstance(tool_yaml, DictConfig) else None) or {}
+    if "output_subdir" in tool_hydra:
+        subdir = tool_hydra["output_subdir"]
+    kept = []
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == OUTPUT_SUBDIR:
+            subdir = None if (arg.startswith("~") or value.strip() in ("null", "")) else value.strip()
+            continue
+        kept.append(arg)
+    return [*kept, f"{OUTPUT_SUBDIR}=null"], subdir
+
+
+def save_run_record() -> None:
+    """Save the running job's Hydra record (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``) into its
+    run dir, as Hydra would have before the job. A tool calls this once its checks pass, so a refused run
+    leaves an earlier run's record as it was; the runner calls it when the task returns. Saved once per job."""
+    if not _pending_record:
+        return
+    cfg, subdir = _pending_record.pop()
+    hydra_cfg = cast(DictConfig, copy.deepcopy(HydraConfig.get()))
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.output_subdir = subdir
+        hydra_cfg.overrides.hydra = [o for o in hydra_cfg.overrides.hydra if o != f"{OUTPUT_SUBDIR}=null"]
+    out = Path(hydra_cfg.runtime.output_dir) / subdir
+    out.mkdir(parents=True, exist_ok=True)
+    records = {
+        "config.yaml": cfg,
+        "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+        "overrides.yaml": hydra_cfg.overrides.task,
+    }
+    for file, node in records.items():
+        (out / file).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+
+
 def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> int:
     """Run ``task`` on the composed ``conf/<name>.yaml`` and ``argv`` (default: the command line).
 
@@ -60,15 +112,27 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
     args = list(sys.argv[1:] if argv is None else argv)
     register_schemas()
 
+    args, record_subdir = _split_output_subdir(name, args)
+
+    def checked_task(cfg: DictConfig) -> Any:
+        _pending_record.clear()
+        if record_subdir is not None:
+            _pending_record.append((copy.deepcopy(cfg), record_subdir))
+        try:
+            check_known_keys(name, cfg)  # Hydra flags skip `_check_composes`
+            result = task(cfg)
+            save_run_record()  # a task that did not save it after its checks: the run went through
+            return result
+        finally:
+            _pending_record.clear()
+
     def job(cfg: DictConfig) -> Any:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             with error_boundary():
-                check_known_keys(name, cfg)  # Hydra flags skip `_check_composes`
-                return task(cfg)
+                return checked_task(cfg)
         try:  # a failed job of a sweep is recorded and the sweep goes on
             with error_boundary():
-                check_known_keys(name, cfg)
-                return task(cfg)
+                return checked_task(cfg)
         except (Exception, SystemExit) as err:
             if isinstance(err, SystemExit) and err.code != EXIT_BAD_INPUT:  # e.g. SIGTERM's 143: stop the sweep
                 raise
