@@ -39,7 +39,7 @@ from mobilenet_pl.app.ddp_job import (
     take_eval_checks,
 )
 from mobilenet_pl.app.errors import error_boundary
-from mobilenet_pl.app.results import format_summary, write_results
+from mobilenet_pl.app.results import format_summary, read_sweep_id, write_results
 from mobilenet_pl.app.run_dir import resume_path, run_dir_lock
 from mobilenet_pl.app.runner import run_tool, save_run_record
 from mobilenet_pl.app.tracking import TrackedWandbLogger
@@ -49,8 +49,10 @@ from mobilenet_pl.lit.data import ImageDataModule
 log = logging.getLogger("mobilenet_pl")
 
 
-def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dict[str, Any]:
-    """Fit, test and write ``results.json`` into ``run_dir``; return the results."""
+def train(
+    cfg: DictConfig, run_dir: Path, wandb_group: str | None = None, sweep_id: str | None = None
+) -> dict[str, Any]:
+    """Fit, test and write ``results.json`` (with ``sweep_id``, a sweep's job) into ``run_dir``; return the results."""
     started = time.perf_counter()
     validate(cfg)
     resume = resume_path(cfg, run_dir)
@@ -85,6 +87,8 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
         metrics.update({k: float(v) for k, v in tested.items()})
 
     results = collect_results(cfg, module, trainer, metrics, started, run_dir)
+    if sweep_id is not None:  # the sweep's summary lists its own jobs only
+        results["sweep_id"] = sweep_id
     if trainer.is_global_zero:
         write_results(run_dir, results)  # first: a failing plot or W&B call can no longer lose the numbers
         if module.test_confusion is not None:
@@ -111,9 +115,11 @@ def hydra_job(cfg: DictConfig) -> float | None:
     check_shared_run_dir(cfg, hydra_cfg)
     run_dir = Path(hydra_cfg.runtime.output_dir)
     # jobs of one sweep share a W&B group named after the sweep dir; each job is its own W&B run
-    group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    group = Path(hydra_cfg.sweep.dir).name if sweep else None
+    sweep_id = read_sweep_id(Path(hydra_cfg.sweep.dir)) if sweep else None
     with run_dir_lock(run_dir), ddp_job_scope(cfg, run_dir):
-        return train(cfg, run_dir, group)["metrics"].get("val/acc1")
+        return train(cfg, run_dir, group, sweep_id)["metrics"].get("val/acc1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

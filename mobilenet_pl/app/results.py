@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.json"
+# written into a sweep dir when a multirun starts; its jobs copy it into their results.json / failed.json, so a
+# sweep's summary lists that sweep's jobs only (not an older sweep's files in the same hydra.sweep.dir)
+SWEEP_ID_FILE = ".sweep_id"
 REQUIRED_KEYS = (
     "model",
     "width",
@@ -45,6 +48,26 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
 
 def read_results(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def new_sweep_id(sweep_dir: Path) -> str:
+    """Start a sweep in ``sweep_dir``: a fresh id in its `SWEEP_ID_FILE`, which the sweep's jobs record."""
+    import uuid
+
+    sweep_id = uuid.uuid4().hex
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    tmp = sweep_dir / f"{SWEEP_ID_FILE}.tmp"
+    tmp.write_text(sweep_id + "\n")
+    tmp.replace(sweep_dir / SWEEP_ID_FILE)
+    return sweep_id
+
+
+def read_sweep_id(sweep_dir: Path) -> str | None:
+    """The id of the latest sweep started in ``sweep_dir``; None for a dir of an older version or no sweep."""
+    try:
+        return (Path(sweep_dir) / SWEEP_ID_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 INPUT_BOUND_WAIT = 0.2  # above this share of step time spent waiting for batches, a run is input-bound

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mobilenet_pl.app.config import check_known_keys, check_run_dir, config_dir, register_schemas
 from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, error_boundary, one_line, require
+from mobilenet_pl.app.results import read_sweep_id
 
 # overrides that need a plugin from the ``sweeps`` extra
 PLUGIN_OF_OVERRIDE = {
@@ -136,7 +137,8 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
         except (Exception, SystemExit) as err:
             if isinstance(err, SystemExit) and err.code != EXIT_BAD_INPUT:  # e.g. SIGTERM's 143: stop the sweep
                 raise
-            record_failure(Path(HydraConfig.get().runtime.output_dir), err)
+            hydra_cfg = HydraConfig.get()
+            record_failure(Path(hydra_cfg.runtime.output_dir), err, read_sweep_id(Path(hydra_cfg.sweep.dir)))
             return None
 
     job.__module__ = f"mobilenet_pl.{name}"  # Hydra names the job (and its log file) after the module
@@ -162,8 +164,9 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
 FAILED_FILE = "failed.json"
 
 
-def record_failure(run_dir: Path, err: BaseException) -> None:
-    """Write ``failed.json`` (the one-line reason) into a failed sweep job's dir, for the sweep summary."""
+def record_failure(run_dir: Path, err: BaseException, sweep_id: str | None = None) -> None:
+    """Write ``failed.json`` (the one-line reason, and the sweep's id) into a failed sweep job's dir, for the
+    sweep summary."""
     import json
     import logging
     import traceback
@@ -176,7 +179,10 @@ def record_failure(run_dir: Path, err: BaseException) -> None:
         logging.getLogger("mobilenet_pl").error("job in %s failed:\n%s", run_dir, traceback.format_exc())
         reason = f"{err.__class__.__name__}: {one_line(err)}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / FAILED_FILE).write_text(json.dumps({"error": reason}) + "\n")
+    record: dict[str, Any] = {"error": reason}
+    if sweep_id is not None:
+        record["sweep_id"] = sweep_id
+    (run_dir / FAILED_FILE).write_text(json.dumps(record) + "\n")
 
 
 def checkpoint_datamodule(data: DictConfig, hp: Mapping[str, Any], **overrides: Any) -> Any:

@@ -6,7 +6,6 @@ data). `SweepSummary` writes them at the end of every multirun; ``python -m mobi
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mobilenet_pl.app.errors import EXIT_BAD_INPUT
+from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, one_line
 from mobilenet_pl.app.plots import _pyplot
-from mobilenet_pl.app.results import RESULTS_FILE, read_results
+from mobilenet_pl.app.results import RESULTS_FILE, new_sweep_id, read_results, read_sweep_id
 from mobilenet_pl.app.runner import FAILED_FILE
 
 COLUMNS = [
@@ -35,19 +34,48 @@ COLUMNS = [
     "run_dir",
     "error",  # a failed job: its one-line reason (the other columns stay empty)
 ]
+# what a row needs from a results.json
+SUMMARY_KEYS = ("model", "width", "resolution", "params", "madds")
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A job's results.json or failed.json, or `ConfigError` naming the file (never a traceback)."""
+    try:
+        record = read_results(path)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{path} is not a readable {path.name} ({err.__class__.__name__}: {one_line(err)})") from err
+    if not isinstance(record, dict):
+        raise ConfigError(f"{path} is not a readable {path.name} (a JSON {type(record).__name__}, not an object)")
+    if path.name == RESULTS_FILE:
+        missing = [key for key in SUMMARY_KEYS if key not in record]
+        if missing or not isinstance(record.get("metrics", {}), dict):
+            raise ConfigError(f"{path} is not a readable {path.name} (missing {missing or ['metrics']})")
+    return record
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job that wrote results.json or failed (failed.json), in job order."""
-    rows = []
-    finished = list(sweep_dir.rglob(RESULTS_FILE))
-    failed = [path for path in sweep_dir.rglob(FAILED_FILE) if not (path.parent / RESULTS_FILE).is_file()]
-    for path in sorted([*finished, *failed], key=lambda p: _job_key(p.parent.name)):
-        job = {"job": path.parent.relative_to(sweep_dir).as_posix(), "run_dir": str(path.parent)}
-        if path.name == FAILED_FILE:
-            rows.append({**dict.fromkeys(COLUMNS), **job, "error": json.loads(path.read_text()).get("error")})
+    """One row per job of the sweep that wrote results.json or failed (failed.json), in job order.
+
+    A sweep dir that a multirun started (its `SWEEP_ID_FILE`) lists only the files of its latest sweep: an
+    older sweep's jobs in the same hydra.sweep.dir, or an older results.json next to this sweep's failure, are
+    not this sweep's. A malformed file is a `ConfigError` naming it."""
+    current = read_sweep_id(sweep_dir)
+    jobs: dict[Path, dict[str, dict[str, Any]]] = {}
+    for path in [*sweep_dir.rglob(RESULTS_FILE), *sweep_dir.rglob(FAILED_FILE)]:
+        record = _read_record(path)
+        if current is not None and record.get("sweep_id") != current:
             continue
-        results = read_results(path)
+        jobs.setdefault(path.parent, {})[path.name] = record
+    rows = []
+    for job_dir in sorted(jobs, key=lambda d: _job_key(d.name)):
+        files = jobs[job_dir]
+        job = {"job": job_dir.relative_to(sweep_dir).as_posix(), "run_dir": str(job_dir)}
+        # within one sweep a job that wrote results and then failed failed; without ids, results win (as before)
+        failed = files.get(FAILED_FILE) if current is not None or RESULTS_FILE not in files else None
+        if failed is not None:
+            rows.append({**dict.fromkeys(COLUMNS), **job, "error": failed.get("error")})
+            continue
+        results = files[RESULTS_FILE]
         metrics = results.get("metrics", {})
         rows.append(
             {
@@ -141,11 +169,19 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 class SweepSummary(Callback):
     """Hydra callback: write the sweep report when a multirun ends (also for Optuna and SLURM)."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        new_sweep_id(Path(config.hydra.sweep.dir))  # this sweep's jobs record it; the summary lists those only
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        written = write_report(config.hydra.sweep.dir)
+        try:
+            written = write_report(config.hydra.sweep.dir)
+            rows = collect(Path(config.hydra.sweep.dir))
+        except ConfigError as err:  # a malformed job file: one line, as everywhere
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(EXIT_BAD_INPUT) from None
         if written:
             print(f"sweep summary: {written[0]}\ntrade-off plot: {written[1]}")
-        failed = [row for row in collect(Path(config.hydra.sweep.dir)) if row["error"] is not None]
+        failed = [row for row in rows if row["error"] is not None]
         if failed:
             print(
                 f"{len(failed)} job(s) failed: {', '.join(row['job'] for row in failed)} (see summary.csv)",
