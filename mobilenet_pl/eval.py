@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from mobilenet_pl.app.config import check_checkpoint, check_values
+from mobilenet_pl.app.config import check_checkpoint, check_device, check_values
 from mobilenet_pl.app.errors import ConfigError
 from mobilenet_pl.app.plots import save_confusion_matrix
 from mobilenet_pl.app.results import write_results
@@ -86,7 +86,7 @@ def evaluate(module: MobileNetClassifier, loader: DataLoader[Any], device: str =
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     check_values(cfg, {"batch_size": 1})
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = check_device("device", cfg.device)
     module = load_checkpoint(cfg.ckpt_path, device)
     hp = module.hparams
     if cfg.resolution is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from mobilenet_pl.app.errors import ConfigError
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
@@ -196,6 +196,10 @@ SCHEMAS: dict[str, type] = {
 }
 
 
+# typed groups inside a tool's schema, whose keys are checked like the top-level ones
+SCHEMA_GROUPS: dict[str, type] = {"recipe": RecipeSchema}
+
+
 def register_schemas() -> None:
     """Store every tool's schema in Hydra's ConfigStore as ``<tool>_schema`` (conf/<tool>.yaml extends it)."""
     store = ConfigStore.instance()
@@ -265,9 +269,68 @@ def _check_randaugment(value: Any) -> None:
         )
 
 
+def _accelerator_available(name: str) -> bool:
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    try:
+        return bool(AcceleratorRegistry[name]["accelerator"].is_available())
+    except Exception:  # XLA without torch_xla raises ModuleNotFoundError
+        return False
+
+
+def _check_accelerator(value: Any) -> None:
+    """A name Lightning knows, for a device this machine has (tpu without torch_xla was a traceback)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    if not isinstance(value, str) or value == "auto":
+        return
+    known = sorted(AcceleratorRegistry.available_accelerators())
+    if value not in (*known, "gpu"):
+        raise ConfigError(
+            f"trainer.accelerator={value!r} is not allowed: it must be one of {', '.join([*known, 'gpu', 'auto'])}"
+        )
+    here = any(_accelerator_available(n) for n in ("cuda", "mps")) if value == "gpu" else _accelerator_available(value)
+    if not here:
+        found = ", ".join(n for n in known if _accelerator_available(n))
+        raise ConfigError(
+            f"trainer.accelerator={value!r} is not allowed: no {value} device here (this machine has: {found}); "
+            "use trainer.accelerator=auto"
+        )
+
+
+def _check_device_ids(devices: Any, accelerator: str) -> None:
+    """``trainer.devices`` as a list of device indices: distinct indices of devices that exist; CPU "devices"
+    are a number of processes, never indices."""
+    shown = list(devices) if not isinstance(devices, str) else devices
+    ids = [part.strip() for part in devices.split(",") if part.strip()] if isinstance(devices, str) else list(devices)
+    try:
+        numbers = [int(i) for i in ids if not isinstance(i, bool) and float(i) == int(i)]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != len(ids) or not numbers or min(numbers) < 0 or len(set(numbers)) != len(numbers):
+        raise ConfigError(
+            f"trainer.devices={shown!r} is not allowed: a list of devices must hold distinct device indices >= 0 "
+            "(or give a number of devices: trainer.devices=2)"
+        )
+    gpus = _device_count("cuda")
+    if accelerator == "cpu" or (accelerator == "auto" and gpus == 0):
+        raise ConfigError(
+            f"trainer.devices={shown!r} is not allowed: CPU devices are a number of processes, not indices; "
+            f"give trainer.devices={len(numbers)}"
+        )
+    if max(numbers) >= gpus:
+        raise ConfigError(
+            f"trainer.devices={shown!r} is not allowed: only {gpus} GPU(s) here (indices 0 to {gpus - 1})"
+        )
+
+
 def _check_trainer(trainer: DictConfig) -> None:
     devices = trainer.get("devices", 1)
-    if isinstance(devices, int):
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, (ListConfig, list)) or (isinstance(devices, str) and devices != "auto"):
+        _check_device_ids(devices, str(trainer.get("accelerator", "auto")))
+    elif isinstance(devices, int):
         _number("trainer.devices", devices, 1, inclusive=True, kind="whole number")
         available = _device_count(str(trainer.get("accelerator", "auto")))
         if devices > available:
@@ -278,6 +341,7 @@ def _check_trainer(trainer: DictConfig) -> None:
         value = trainer.get(key, 1)
         if value is not None:
             _number(f"trainer.{key}", value, 1, inclusive=True, kind="whole number")
+    _check_accelerator(trainer.get("accelerator", "auto"))
 
 
 def validate(cfg: DictConfig) -> None:
@@ -411,6 +475,27 @@ def check_run_dir(path: str) -> None:
         raise ConfigError(f"hydra.run.dir={path!r} is not allowed: {str(existing)!r} is not writable")
 
 
+def check_device(key: str, value: Any) -> str:
+    """``value`` as a torch device this machine has: ``auto`` (cuda where there is a GPU), ``cpu``, ``cuda`` or
+    ``cuda:N``; anything else, or a GPU that is not here, is one `ConfigError` naming ``key``."""
+    import torch
+
+    text = str(value)
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, colon, index = text.partition(":")
+    if text == "cpu":
+        return text
+    if kind != "cuda" or (colon and not index.isdigit()):
+        raise ConfigError(f"{key}={text!r} is not allowed: it must be auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"{key}={text!r} is not allowed: this machine has no CUDA GPU; use {key}=cpu (or auto)")
+    if colon and int(index) >= count:
+        raise ConfigError(f"{key}={text!r} is not allowed: only {count} GPU(s) here (cuda:0 to cuda:{count - 1})")
+    return text
+
+
 def check_known_keys(tool: str, cfg: DictConfig) -> None:
     """A top-level key the tool's schema does not name (``+modle=v1``) would be silently ignored: refuse it."""
     known = {field.name for field in fields(SCHEMAS[tool])} | {"hydra"}
@@ -419,6 +504,18 @@ def check_known_keys(tool: str, cfg: DictConfig) -> None:
         raise ConfigError(
             f"{unknown[0]} is not allowed: {tool} has no key {unknown[0]!r} (see python -m mobilenet_pl.{tool} --help)"
         )
+    for field in fields(SCHEMAS[tool]):  # a typed group (recipe): ``+recipe.typo=1`` was silently ignored
+        node = cfg.get(field.name)
+        schema = SCHEMA_GROUPS.get(field.name)
+        if schema is None or not isinstance(node, DictConfig):
+            continue
+        names = [f.name for f in fields(schema)]
+        extra = [str(key) for key in node if key not in names]
+        if extra:
+            raise ConfigError(
+                f"{field.name}.{extra[0]} is not allowed: {field.name} has no key {extra[0]!r} "
+                f"(its keys: {', '.join(names)})"
+            )
 
 
 def check_checkpoint(key: str, path: str) -> Any:

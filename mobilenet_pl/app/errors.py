@@ -8,6 +8,7 @@ is a bug and keeps its traceback. ``HYDRA_FULL_ERROR=1`` shows the traceback of 
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import os
 import re
@@ -76,6 +77,20 @@ def require(module: str, needed_for: str) -> ModuleType:
         raise MissingExtraError(f"{needed_for} needs {module.split('.')[0]}: {install_hint(module)}") from err
 
 
+# OSErrors about where the user asked us to read or write (a read-only mount, a full disk, no permission): the
+# message names the path; anything else stays a bug with its traceback
+_USER_OS_ERRORS = {
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+}
+
+
 def _expected(err: BaseException) -> BaseException | None:
     """The exception to report in one line, or None when ``err`` is a bug (keep the traceback)."""
     from hydra.errors import HydraException, InstantiationException, MissingConfigException
@@ -99,6 +114,8 @@ def _expected(err: BaseException) -> BaseException | None:
         HydraException,  # override parse and composition errors
         OmegaConfBaseException,  # wrong type for a typed key, unknown key
     )
+    if isinstance(err, OSError) and err.errno in _USER_OS_ERRORS:  # e.g. export to a read-only mount
+        return err
     return err if isinstance(err, expected) else None
 
 

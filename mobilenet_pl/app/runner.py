@@ -47,12 +47,35 @@ def _check_plugins(args: Sequence[str]) -> None:
             require(plugin, arg)
 
 
+def _quoting_hint(err: BaseException, args: Sequence[str]) -> str | None:
+    """How to quote a value holding ``,`` or ``=`` (a path such as ``data.root=/data/a,b``), which Hydra reads as
+    a sweep or cannot parse; None when no such value caused ``err``."""
+    from hydra.errors import OverrideParseException
+
+    if not (isinstance(err, OverrideParseException) or "Ambiguous value" in str(err)):
+        return None
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and value and value[0] not in "'\"[{(" and ("," in value or "=" in value):
+            return (
+                f"a value holding ',' or '=' must be quoted for Hydra: '{key}=\"{value}\"' (the single quotes "
+                "keep the double ones from the shell)" + ("; to sweep over values add -m" if "," in value else "")
+            )
+    return None
+
+
 def _check_composes(name: str, args: Sequence[str]) -> None:
     """Compose ``name`` with ``args`` as Hydra will, so bad overrides fail here, in the boundary."""
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = compose(name, overrides=list(args), return_hydra_config=True)
+            try:
+                cfg = compose(name, overrides=list(args), return_hydra_config=True)
+            except Exception as err:
+                hint = _quoting_hint(err, args)
+                if hint is None:
+                    raise
+                raise ConfigError(f"{one_line(err)}; {hint}") from err
             check_run_dir(str(cfg.hydra.run.dir))  # Hydra would make it before the job, with a traceback
             check_known_keys(name, cfg)
     finally:
@@ -216,4 +239,21 @@ def check_output(key: str, path: Path, overwrite: bool) -> Path:
         raise ConfigError(
             f"{key}={str(path)!r} is not allowed: the file exists; set overwrite=true to replace it or choose another {key}"
         )
+    if parent is not None:
+        _check_writable(key, path, parent)
     return path
+
+
+def _check_writable(key: str, path: Path, folder: Path) -> None:
+    """``folder`` takes a new file (a read-only mount refuses even root, which ``os.access`` does not tell):
+    fail before any work, not with a traceback from the exporter at the end."""
+    import os
+
+    probe = folder / f".{path.name}.write-check-{os.getpid()}"
+    try:
+        probe.touch(exist_ok=False)
+    except OSError as err:
+        raise ConfigError(
+            f"{key}={str(path)!r} is not allowed: {str(folder)!r} cannot be written ({err.strerror or err})"
+        ) from err
+    probe.unlink()
