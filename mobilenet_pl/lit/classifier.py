@@ -26,6 +26,7 @@ from mobilenet_pl.lit.data import IGNORE_INDEX
 from mobilenet_pl.lit.optim import build_optimizer, build_scheduler, check_config, preset, scaled_lr
 from mobilenet_pl.models import create_model
 from mobilenet_pl.models.hparams import model_hparams, upgrade_hparams
+from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE, check_fraction, check_positive, check_whole
 
 # Restored from the checkpoint on resume (optimizer and scheduler state), so a new value would be ignored.
 RESUME_FIXED = ("optimizer", "scheduler", "scale_lr")
@@ -90,6 +91,7 @@ class MobileNetClassifier(L.LightningModule):
                 f"model={model!r}: pass the backbone as a dict, e.g. model={{'name': {model!r}, 'width': ...}} "
                 "(checkpoints of mobilenet_pl 0.1 load with MobileNetClassifier.load_from_checkpoint)"
             )
+        _check_arguments(num_classes, in_chans, resolution, label_smoothing, mixup, cutmix, ema_decay, class_names)
         # normalised before save_hyperparameters reads them: plain, complete and checked values only
         model = model_hparams(model or {"name": "mobilenet_v2"})
         optimizer = check_config("optimizer", optimizer) or preset("optimizer", "adamw")
@@ -292,7 +294,16 @@ class MobileNetClassifier(L.LightningModule):
             hparams = raw.get("hyper_parameters", {}) if isinstance(raw, dict) else {}
             if isinstance(hparams.get("model"), str):
                 kwargs["model"] = upgrade_hparams(hparams)["model"]
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except RuntimeError as err:  # hyperparameters that build another shape than the weights: 100+ lines
+            details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+            if not str(err).startswith("Error(s) in loading state_dict") or not details:
+                raise
+            raise ValueError(
+                f"checkpoint {str(checkpoint_path)!r}: its hyperparameters disagree with its weights "
+                f"({len(details)} difference(s); first: {details[0][:300]})"
+            ) from None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """On resume the optimizer and scheduler state come from the checkpoint, so a changed
@@ -310,6 +321,33 @@ class MobileNetClassifier(L.LightningModule):
                     "would not apply; resume with the old value, or start a new run from the weights "
                     "(model.pretrained=PATH)"
                 )
+
+
+def _check_arguments(
+    num_classes: Any,
+    in_chans: Any,
+    resolution: Any,
+    label_smoothing: Any,
+    mixup: Any,
+    cutmix: Any,
+    ema_decay: Any,
+    class_names: Any,
+) -> None:
+    """Values that cannot work are refused when given, naming the argument (not at step 1, or never: an
+    ``ema_decay`` of 1 froze the average at its first value and evaluated that)."""
+    check_whole("num_classes", num_classes, 1)
+    check_whole("in_chans", in_chans, 1)
+    check_whole("resolution", resolution, MIN_INPUT_SIZE)
+    check_fraction("label_smoothing", label_smoothing)
+    check_fraction("ema_decay", ema_decay)
+    check_positive("mixup", mixup, allow_zero=True)
+    check_positive("cutmix", cutmix, allow_zero=True)
+    if class_names is not None and (
+        isinstance(class_names, str)
+        or not all(isinstance(name, str) for name in class_names)
+        or len(class_names) != num_classes
+    ):
+        raise ValueError(f"class_names must be {num_classes} strings (one per class), got {repr(class_names)[:200]}")
 
 
 def _first_difference(key: str, old: Any, new: Any) -> str | None:

@@ -86,5 +86,26 @@ def from_checkpoint(
     else:
         extra = {"num_classes": hparams["num_classes"] if num_classes is None else num_classes}
     model = create_model(name, in_chans=hparams["in_chans"], **arch, **extra)
+    _check_weights_fit(path, model, weights, keep_classifier=not features_only and num_classes is None)
     load_weights(model, weights)
     return model.eval()
+
+
+def _check_weights_fit(path: str | Path, model: MobileNet, weights: StateDict, keep_classifier: bool) -> None:
+    """The checkpoint's weights have the shapes its hyperparameters build: one line naming the first tensor that
+    differs, never a silently fresh classifier (load_weights resets a head of another class count)."""
+    expected = model.state_dict()
+    differ = [
+        f"{key} is {tuple(value.shape)} in the weights, {tuple(expected[key].shape)} from the hyperparameters"
+        for key, value in weights.items()
+        if key in expected
+        and tuple(value.shape) != tuple(expected[key].shape)
+        and (keep_classifier or not key.startswith("classifier."))
+    ]
+    if keep_classifier:
+        differ += [f"{key} is missing from the weights" for key in expected if key not in weights]
+    if differ:
+        raise ValueError(
+            f"checkpoint {str(path)!r}: its hyperparameters disagree with its weights "
+            f"({len(differ)} difference(s); first: {differ[0]})"
+        )

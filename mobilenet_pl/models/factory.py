@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, TypedDict, overload
 
@@ -54,6 +55,10 @@ def create_model(name: str, **kwargs: Any) -> Model:
 def _build(name: str, arch: ArchSpec, kwargs: ModelKwargs) -> Model:
     options: dict[str, Any] = dict(kwargs)
     pretrained = options.pop("pretrained", False)
+    if not isinstance(pretrained, (bool, str, os.PathLike)):  # 123 would be taken as True
+        raise ValueError(f"pretrained must be True/False, a weights tag or a file path, got {pretrained!r}")
+    if isinstance(pretrained, os.PathLike):
+        pretrained = Path(pretrained)
     features_only = options.pop("features_only", False)
     out_indices = options.pop("out_indices", None)
     model: Model

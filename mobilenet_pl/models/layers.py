@@ -28,6 +28,8 @@ def resolve_act_layer(act_layer: str | ActLayer) -> ActLayer:
     """Turn an activation name (``"relu6"``, ``"relu"``, ...) or a module class into a factory."""
     if callable(act_layer):
         return act_layer
+    if not isinstance(act_layer, str):  # None would fail deep inside as an AttributeError
+        raise ValueError(f"act_layer={act_layer!r} is unknown; choose one of {sorted(_ACTIVATIONS)} or a module class")
     try:
         return _ACTIVATIONS[act_layer.lower()]
     except KeyError:

@@ -55,6 +55,37 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be a number {bound}, got {value!r}")
 
 
+def check_whole(name: str, value: Any, minimum: int) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a whole number (an ``int``, not a bool) >= ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+# Past this many parameters a model is a typo (width=1000, num_classes=10**9), not a MobileNet: refused before
+# any allocation (8 GiB of float32 weights; ImageNet MobileNetV2 at width 1.4 has 6.1 M).
+MAX_PARAMS = 2**31
+
+
+def check_size(arch: ArchSpec, width: float, in_chans: int, num_classes: int = 0) -> None:
+    """Raise a ValueError before building when ``width``, ``in_chans`` and ``num_classes`` would ask for more
+    than `MAX_PARAMS` parameters (counted from the paper table, channels rounded up)."""
+    cin = arch.stem_chs * width + 8
+    estimate = 9 * in_chans * cin
+    for row in arch.stages:
+        cout = row.c * width + 8
+        for _ in range(row.n):  # expand (V2 only), depthwise 3x3, project
+            hidden = cin * row.t
+            estimate += (cin * hidden if row.t > 1 else 0) + 9 * hidden + hidden * cout
+            cin = cout
+    head = arch.head_chs * max(width, 1.0) + 8 if arch.head_chs else cin
+    estimate += cin * head + head * num_classes
+    if estimate > MAX_PARAMS:
+        raise ValueError(
+            f"width={width!r}, in_chans={in_chans!r} and num_classes={num_classes!r} would build up to "
+            f"{estimate / 1e9:.3g} billion parameters (more than {MAX_PARAMS / 1e9:.3g} billion): check these values"
+        )
+
+
 def check_fraction(name: str, value: Any) -> None:
     """Raise a ValueError naming ``name`` unless ``0 <= value < 1``."""
     check_positive(name, value, allow_zero=True)
@@ -125,7 +156,8 @@ def build_trunk(
 ) -> Trunk:
     """Build stem and stages from a paper table; one tap closes each resolution (timm's ``feature_info``)."""
     check_positive("width", width)
-    check_positive("in_chans", in_chans)
+    check_whole("in_chans", in_chans, 1)
+    check_size(arch, width, in_chans)
     check_fraction("drop_path_rate", drop_path_rate)
     act = resolve_act_layer(act_layer)
 
@@ -216,7 +248,10 @@ class MobileNet(nn.Module):
         global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        check_positive("num_classes", num_classes, allow_zero=True)
+        check_whole("num_classes", num_classes, 0)
+        check_positive("width", width)
+        check_whole("in_chans", in_chans, 1)
+        check_size(arch, width, in_chans, num_classes)
         check_fraction("dropout", dropout)
         _check_init(init)
         _check_global_pool(global_pool, num_classes)
