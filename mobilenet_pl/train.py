@@ -73,7 +73,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     resume = resume_path(cfg, run_dir)
     if resume is not None:  # ckpt_path and an auto-resumed last.ckpt get the same checks
         key = "ckpt_path" if cfg.ckpt_path else "auto_resume"
-        check_resume_checkpoint(key, resume, module.hparams, module.state_dict())
+        check_resume_checkpoint(key, resume, module.hparams)
     with stop_on_lost_rank(trainer, run_dir):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

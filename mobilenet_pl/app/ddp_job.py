@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, RankLostError, is_collective_failure
 from mobilenet_pl.lit.data import checked_folders, remember_checked_folders
+from mobilenet_pl.models.checks import first_line
 
 # Set by a DDP job for the ranks Lightning launches: the job's run dir and its config (YAML). The
 # environment, not a file in the run dir: nodes sharing the dir never race on it and a kill leaves nothing.
@@ -142,7 +143,7 @@ def lost_rank_message(
         or (f"rank {1 - trainer.global_rank}" if trainer.world_size == 2 else "another rank")
         + " (it died, hung or its node was lost)"
     )
-    detail = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0])  # drop gloo's source location
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", first_line(err))  # drop gloo's source location
     detail = detail.split(". This is typically")[0]
     dirpath = getattr(trainer.checkpoint_callback, "dirpath", None) or str(run_dir / "checkpoints")
     last = Path(dirpath, "last.ckpt")

@@ -25,7 +25,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from mobilenet_pl.lit.data import IGNORE_INDEX
 from mobilenet_pl.lit.optim import build_optimizer, build_scheduler, check_config, preset, scaled_lr
 from mobilenet_pl.models import create_model
-from mobilenet_pl.models.hparams import model_hparams, upgrade_hparams
+from mobilenet_pl.models.hparams import model_hparams
+from mobilenet_pl.models.weights import read_weights
 
 # Restored from the checkpoint on resume (optimizer and scheduler state), so a new value would be ignored.
 RESUME_FIXED = ("optimizer", "scheduler", "scale_lr")
@@ -85,11 +86,6 @@ class MobileNetClassifier(L.LightningModule):
         compile: bool = False,
         class_names: list[str] | None = None,
     ) -> None:
-        if isinstance(model, str):  # mobilenet_pl 0.1 layout: the keywords were separate arguments
-            raise ValueError(
-                f"model={model!r}: pass the backbone as a dict, e.g. model={{'name': {model!r}, 'width': ...}} "
-                "(checkpoints of mobilenet_pl 0.1 load with MobileNetClassifier.load_from_checkpoint)"
-            )
         # normalised before save_hyperparameters reads them: plain, complete and checked values only
         model = model_hparams(model or {"name": "mobilenet_v2"})
         optimizer = check_config("optimizer", optimizer) or preset("optimizer", "adamw")
@@ -281,17 +277,12 @@ class MobileNetClassifier(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Lightning's ``load_from_checkpoint``, reading with ``weights_only=True`` unless told otherwise
-        (Lightning's default unpickles anything); checkpoints of mobilenet_pl 0.1 (the model keywords
-        as separate hyperparameters) are translated to today's ``model`` dict."""
+        (Lightning's default unpickles anything). A file path is first checked by the models' reader, so a
+        missing, empty, truncated, pickled or foreign file is one `WeightsFileError` line naming
+        ``checkpoint_path``, not torch's mmap or pickle message."""
         kwargs.setdefault("weights_only", True)
-        if "model" not in kwargs and isinstance(checkpoint_path, (str, Path)):
-            from mobilenet_pl.app.config import check_checkpoint
-
-            # one clear line for a missing, empty, foreign or pickled file, not torch's mmap or pickle message
-            raw = check_checkpoint("checkpoint_path", str(checkpoint_path))
-            hparams = raw.get("hyper_parameters", {}) if isinstance(raw, dict) else {}
-            if isinstance(hparams.get("model"), str):
-                kwargs["model"] = upgrade_hparams(hparams)["model"]
+        if isinstance(checkpoint_path, (str, Path)):
+            read_weights(checkpoint_path, key="checkpoint_path", checkpoint=True)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -300,7 +291,7 @@ class MobileNetClassifier(L.LightningModule):
         trainer = self._trainer
         if trainer is None or trainer.state.fn != "fit":
             return
-        saved = upgrade_hparams(checkpoint.get("hyper_parameters", {}))
+        saved = checkpoint.get("hyper_parameters", {})
         for key in RESUME_FIXED:
             old = saved.get(key) if key == "scale_lr" else check_config(key, saved.get(key))
             difference = _first_difference(key, old, self.hparams[key])

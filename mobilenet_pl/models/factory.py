@@ -65,7 +65,7 @@ def _build(name: str, arch: ArchSpec, kwargs: ModelKwargs) -> Model:
             raise ValueError("out_indices is only valid with features_only=True")
         model = MobileNet(arch, **options)
     if pretrained:
-        from mobilenet_pl.models.convert import load_pretrained
+        from mobilenet_pl.models.weights import load_pretrained
 
         load_pretrained(model, name, options.get("width", 1.0), pretrained)
     return model
