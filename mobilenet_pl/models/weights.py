@@ -32,6 +32,7 @@ from mobilenet_pl.models.convert import (
     unwrap_state_dict,
 )
 from mobilenet_pl.models.hparams import DATA_KEYS, StateDict, is_our_checkpoint, lightning_weights, model_hparams
+from mobilenet_pl.models.registry import build_registered
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6 (and TorchScript archives)
 
@@ -221,13 +222,11 @@ def describe(hparams: Mapping[str, Any]) -> str:
 
 def _check_fits(hparams: Mapping[str, Any], tensors: Mapping[str, Any], refuse: Any) -> None:
     """Both weight copies of a training checkpoint fit the architecture its hyperparameters describe."""
-    from mobilenet_pl.models.factory import create_model
-
     arch = dict(hparams["model"])
     name = arch.pop("name")
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation
-            model = create_model(name, num_classes=hparams["num_classes"], in_chans=hparams["in_chans"], **arch)
+            model = build_registered(name, num_classes=hparams["num_classes"], in_chans=hparams["in_chans"], **arch)
     except (ValueError, TypeError) as err:  # e.g. width=-1 in a crafted file
         raise refuse(f"a checkpoint of another project or version: {first_line(err, MAX_DETAIL)}") from err
     copies = {False: lightning_weights(tensors, ema=False)}
