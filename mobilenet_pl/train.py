@@ -66,7 +66,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
         callbacks=list(callbacks.values()),
         default_root_dir=str(run_dir),
         sync_batchnorm=cfg.recipe.sync_batchnorm,
-        use_distributed_sampler=False,  # our loaders shard exactly (lit/data.py)
+        use_distributed_sampler=False,  # our loaders shard exactly (lit/data/sampling.py)
         plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves a broken checkpoint
     )
 

@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from mobilenet_pl.lit.data import IGNORE_INDEX
-from mobilenet_pl.lit.optim import build_optimizer, build_scheduler, check_config, preset, scaled_lr
+from mobilenet_pl.lit import lightning_internals
+from mobilenet_pl.lit.data.images import IGNORE_INDEX
+from mobilenet_pl.lit.optim import build_optimizer, build_scheduler, check_config, default_optimizer, scaled_lr
 from mobilenet_pl.models import create_model
 from mobilenet_pl.models.hparams import model_hparams
 from mobilenet_pl.models.weights import read_weights
@@ -47,8 +48,8 @@ class MobileNetClassifier(L.LightningModule):
         pretrained: ImageNet weights to start from (``True``, a tag or a file); not saved as a
             hyperparameter, because a checkpoint already holds the weights.
         optimizer: ``{"name": "sgd", "lr": ..., ...}``, a name of `mobilenet_pl.lit.optim.OPTIMIZERS` plus
-            numbers; None: the app's default, ``conf/optimizer/adamw.yaml``. BatchNorm parameters and
-            biases get no weight decay.
+            numbers; None: `mobilenet_pl.lit.optim.DEFAULT_OPTIMIZER` (AdamW, lr 0.005, weight decay 0.05,
+            the training app's default too). BatchNorm parameters and biases get no weight decay.
         scheduler: ``{"name": "cosine", "warmup_epochs": 1, ...}`` (`mobilenet_pl.lit.optim.SCHEDULERS`)
             or None for a constant lr.
         scale_lr: multiply lr by global batch / 256 (set by the training app).
@@ -88,7 +89,7 @@ class MobileNetClassifier(L.LightningModule):
     ) -> None:
         # normalised before save_hyperparameters reads them: plain, complete and checked values only
         model = model_hparams(model or {"name": "mobilenet_v2"})
-        optimizer = check_config("optimizer", optimizer) or preset("optimizer", "adamw")
+        optimizer = check_config("optimizer", optimizer) or default_optimizer()
         scheduler = check_config("scheduler", scheduler)
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained"])
@@ -191,12 +192,10 @@ class MobileNetClassifier(L.LightningModule):
         self._epoch_loss = weighted if self._epoch_loss is None else self._epoch_loss + weighted
         self._epoch_samples += batch_size
         trainer = self._trainer
-        # Lightning's own test of "the loggers are written after this step" (private; without it: every step)
-        connector = getattr(trainer, "_logger_connector", None)
+        # Lightning's own test of "the loggers are written after this step" (no public API: lightning_internals)
         if (
             trainer is None
-            or connector is None
-            or connector.should_update_logs
+            or lightning_internals.should_update_logs(trainer)
             or getattr(trainer, "fast_dev_run", False)
         ):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=batch_size)

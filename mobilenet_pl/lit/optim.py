@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -104,6 +103,9 @@ LEGACY_TARGETS = {
     "mobilenet_pl.lit.optim.constant": "none",
     "mobilenet_pl.lit.optim.step": "step",
 }
+# The library's optimizer when none is given. The same values as the training app's default recipe
+# (conf/optimizer/adamw.yaml, chosen in conf/train.yaml); tests/app/test_optim.py keeps the two equal.
+DEFAULT_OPTIMIZER: dict[str, Any] = {"name": "adamw", "lr": 0.005, "weight_decay": 0.05}
 # Arguments filled in by the module, not by the config.
 _BUILT_IN = {"params", "optimizer", "steps_per_epoch", "max_epochs"}
 
@@ -191,12 +193,6 @@ def build_scheduler(
     return SCHEDULERS[checked["name"]](optimizer, steps_per_epoch=steps_per_epoch, max_epochs=max_epochs, **options)
 
 
-def preset(kind: str, name: str) -> dict[str, Any]:
-    """The shipped ``conf/<kind>/<name>.yaml``, checked: the app's defaults, written once."""
-    import yaml
-
-    from mobilenet_pl.app.config import config_dir
-
-    checked = check_config(kind, yaml.safe_load((Path(config_dir()) / kind / f"{name}.yaml").read_text()))
-    assert checked is not None
-    return checked
+def default_optimizer() -> dict[str, Any]:
+    """The library's optimizer when none is given: `DEFAULT_OPTIMIZER` (a fresh copy)."""
+    return dict(DEFAULT_OPTIMIZER)

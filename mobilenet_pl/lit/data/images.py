@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# shared by the workers path (lit/data.py) and the device path (lit/device_decode.py)
+# shared by the workers path (transforms.py) and the device path (device_decode.py)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IGNORE_INDEX = -100  # label of padding samples; F.cross_entropy's default ignore_index
 
