@@ -62,11 +62,8 @@ def test_the_library_default_optimizer_is_the_apps_default_recipe() -> None:
     assert check_config("optimizer", DEFAULT_OPTIMIZER) == DEFAULT_OPTIMIZER  # allowed, and already plain
     assert default_optimizer() is not DEFAULT_OPTIMIZER  # a caller's change cannot alter the default
     assert set(OPTIMIZERS) == {"adamw", "rmsprop", "sgd"}
-    # an older config's _target_ maps to the same name
-    assert check_config("optimizer", {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}) == {
-        "name": "sgd",
-        "lr": 0.1,
-    }
+    with pytest.raises(ValueError, match=r"optimizer\._target_='torch\.optim\.SGD' is not allowed"):
+        check_config("optimizer", {"_target_": "torch.optim.SGD", "lr": 0.1})  # even one that names a real optimizer
 
 
 def test_no_weight_decay_on_batchnorm_and_biases() -> None:
