@@ -13,12 +13,14 @@ from mobilenet_pl.models import (
     FeatureInfo,
     MobileNet,
     MobileNetFeatures,
+    WeightsFileError,
     create_model,
     from_checkpoint,
     list_models,
     make_divisible,
     mobilenet_v1,
     mobilenet_v2,
+    read_weights,
 )
 from mobilenet_pl.models.convert import convert_state_dict, to_foreign_state_dict
 
@@ -35,6 +37,7 @@ __all__ = [
     "FeatureInfo",
     "MobileNet",
     "MobileNetFeatures",
+    "WeightsFileError",
     "__version__",
     "convert_state_dict",
     "create_model",
@@ -43,6 +46,7 @@ __all__ = [
     "make_divisible",
     "mobilenet_v1",
     "mobilenet_v2",
+    "read_weights",
     "to_foreign_state_dict",
     *_LIGHTNING_NAMES,
 ]

@@ -20,25 +20,20 @@ from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from mobilenet_pl.app.config import check_checkpoint, check_device, check_values
+from mobilenet_pl.app.config import check_device, check_values
 from mobilenet_pl.app.errors import ConfigError
 from mobilenet_pl.app.plots import save_confusion_matrix
 from mobilenet_pl.app.results import write_results
 from mobilenet_pl.app.runner import checkpoint_datamodule, run_tool, save_run_record
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.models.cost import count_madds
+from mobilenet_pl.models.weights import read_weights
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> MobileNetClassifier:
-    """Load our checkpoint safely (``weights_only=True``), with a clear error when it is missing."""
-    check_checkpoint("ckpt_path", str(path))
+    """Our checkpoint, read safely; NaN/inf weights are refused: their accuracy would mean nothing."""
+    read_weights(path, key="ckpt_path", checkpoint=True, finite=True)
     module = MobileNetClassifier.load_from_checkpoint(path, map_location=device, weights_only=True)
-    broken = [name for name, t in module.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
-    if broken:  # its accuracy would be a number that means nothing
-        raise ConfigError(
-            f"ckpt_path={str(path)!r} is not allowed: {len(broken)} weight tensor(s) hold NaN/inf "
-            f"(first: {broken[0]}); the training diverged before this checkpoint"
-        )
     return module.eval()
 
 

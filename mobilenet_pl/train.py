@@ -63,7 +63,7 @@ def train(
     module = build_module(cfg, datamodule)
     if resume is not None:  # ckpt_path and an auto-resumed last.ckpt get the same checks
         key = "ckpt_path" if cfg.ckpt_path else "auto_resume"
-        check_resume_checkpoint(key, resume, module.hparams, module.state_dict())
+        check_resume_checkpoint(key, resume, module.hparams)
     save_run_record()  # the run is accepted: only now its .hydra/ record may replace an earlier run's
     logger = build_logger(cfg, run_dir, wandb_group)
     callbacks = build_callbacks(cfg.callbacks, run_dir / "checkpoints", with_logger=logger is not None)
@@ -73,7 +73,7 @@ def train(
         callbacks=list(callbacks.values()),
         default_root_dir=str(run_dir),
         sync_batchnorm=cfg.recipe.sync_batchnorm,
-        use_distributed_sampler=False,  # our loaders shard exactly (lit/data.py)
+        use_distributed_sampler=False,  # our loaders shard exactly (lit/data/sampling.py)
         plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves a broken checkpoint
     )
 

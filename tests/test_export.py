@@ -186,7 +186,7 @@ def test_cli_default_out_next_to_checkpoint(tiny_ckpt: Path, capsys: pytest.Capt
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ckpt_path=/no/such/file.ckpt"], "ckpt_path='/no/such/file.ckpt': no such checkpoint file"),
+        (["ckpt_path=/no/such/file.ckpt"], "ckpt_path='/no/such/file.ckpt' is not allowed: the file does not exist"),
         (["format=onnx"], "Missing mandatory value: ckpt_path"),
         (["ckpt_path=x.ckpt", "format=tflite"], "Invalid value 'tflite', expected one of [onnx, torchscript]"),
         (["ckpt_path=x.ckpt", "opset=abc"], "opset=abc: Value 'abc' of type 'str' could not be converted to Integer"),
@@ -206,7 +206,7 @@ def test_cli_rejects_a_file_that_is_not_a_checkpoint(tmp_path: Path, capsys: pyt
     bogus.write_bytes(b"not a checkpoint")
     assert main([f"ckpt_path={bogus}"]) == 2
     err = capsys.readouterr().err
-    assert "is not a mobilenet_pl checkpoint" in err and err.count("\n") == 1
+    assert f"ckpt_path='{bogus}' is not allowed: not a readable weights file" in err and err.count("\n") == 1
 
 
 def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,6 @@ top-level keys, so ``width=abc`` or a misspelt key fails at composition. The sch
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, fields
 from enum import Enum
@@ -19,7 +18,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from mobilenet_pl.app.errors import ConfigError
+from mobilenet_pl.models.checks import is_finite_number
+from mobilenet_pl.models.hparams import DATA_KEYS
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
+from mobilenet_pl.models.weights import describe, read_weights
 
 CONFIG_DIR_NAME = "conf"
 TOOLS = ("train", "eval", "profile", "export", "quantize", "benchmark", "report")
@@ -221,8 +223,9 @@ def _number(
 ) -> None:
     """``value`` is a finite number (an ``int`` where ``kind`` is a whole number) in its range, or `ConfigError`."""
     whole = kind == "whole number"
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (isinstance(value, int) or not whole)  # 1.5 epochs or images per batch fail later, deep inside
+    ok = is_finite_number(value) and (
+        isinstance(value, int) or not whole
+    )  # 1.5 epochs or images per batch fail later, deep inside
     if not ok or (value < minimum if inclusive else value <= minimum) or (maximum is not None and value > maximum):
         bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
         if maximum is not None:
@@ -368,15 +371,15 @@ def validate(cfg: DictConfig) -> None:
         if not root.is_dir() or not any(root.iterdir()):
             raise ConfigError(f"data.root={str(root)!r} is not allowed: it must be an existing, non-empty folder")
     pretrained = cfg.model.get("pretrained")
-    if isinstance(pretrained, str) and Path(pretrained).expanduser().is_file():
-        _check_weights_file("model.pretrained", pretrained)
+    if isinstance(pretrained, str) and Path(pretrained).expanduser().exists():  # else a tag, checked by the model
+        read_weights(pretrained, key="model.pretrained")
     _check_recipe(cfg.recipe, data.batch_size)
     _check_trainer(cfg.trainer)
     for group in ("data", "trainer", "logger"):
         _check_target_keys(group, cfg.get(group))
     _check_callbacks(cfg)
     if cfg.ckpt_path is not None:
-        check_checkpoint("ckpt_path", str(cfg.ckpt_path))
+        read_weights(str(cfg.ckpt_path), key="ckpt_path", checkpoint=True)
 
 
 # the numbers of the app's own callbacks (conf/callbacks/default.yaml) and their least values; a callback
@@ -435,19 +438,6 @@ def _check_target_keys(group: str, node: Any) -> None:
         raise ConfigError(
             f"{group}.{unknown[0]} is not allowed: {str(node._target_).rsplit('.', 1)[-1]} has no argument {unknown[0]!r}"
         )
-
-
-def _check_weights_file(key: str, path: str) -> None:
-    """A weights file the model will start from reads as a state dict (any failure: one line, not a trace)."""
-    from mobilenet_pl.models.convert import read_weights_file
-
-    try:
-        read_weights_file(path)
-    except Exception as err:  # a garbage .safetensors, a pickled list, integer keys, ...
-        first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
-        raise ConfigError(
-            f"{key}={path!r} is not allowed: not a readable weights file ({err.__class__.__name__}: {first[:200]})"
-        ) from err
 
 
 def _check_recipe(recipe: DictConfig, batch_size: int) -> None:
@@ -518,58 +508,16 @@ def check_known_keys(tool: str, cfg: DictConfig) -> None:
             )
 
 
-def check_checkpoint(key: str, path: str) -> Any:
-    """The file exists and holds only tensors and plain values (``torch.load(weights_only=True)``); returns it."""
-    import torch
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"{key}={path!r} is not allowed: no such checkpoint file")
-    if file.stat().st_size == 0:
-        raise ConfigError(f"{key}={path!r} is not allowed: the file is empty (0 bytes)")
-    try:
-        try:
-            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            return torch.load(file, map_location="cpu", weights_only=True)  # a legacy file: the real reason, if any
-    except Exception as err:  # UnpicklingError for code objects, RuntimeError for truncated files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise ConfigError(
-            f"{key}={path!r} is not allowed: not a loadable tensor-only checkpoint, refused for safety ({first[:200]})"
-        ) from err
-
-
-def _describe(hp: Any) -> str:
-    model = hp.get("model") if isinstance(hp, dict) else None
-    if not isinstance(model, dict):
-        return "an unknown model"
-    return (
-        f"{model.get('name')} width {model.get('width')} "
-        f"({hp.get('num_classes')} classes, {hp.get('in_chans')} channels)"
+def check_resume_checkpoint(key: str, path: str, hparams: Any) -> None:
+    """``path`` is a safe training checkpoint of the model this run builds (``hparams``): the same checks for
+    ``ckpt_path`` and for the ``last.ckpt`` an auto-resume picks up. The reader has checked that the file's
+    weights fit its own hyperparameters, so equal hyperparameters mean weights that fit this run's model."""
+    saved = read_weights(path, key=key, checkpoint=True).hparams or {}
+    ours = {"model": dict(hparams["model"]), **{k: hparams[k] for k in DATA_KEYS}}
+    same = all(saved["model"].get(k) == ours["model"].get(k) for k in ("name", "width")) and all(
+        saved.get(k) == ours[k] for k in DATA_KEYS
     )
-
-
-def check_resume_checkpoint(key: str, path: str, hparams: Any, state_dict: dict[str, Any]) -> None:
-    """``path`` is a safe training checkpoint of the model this run builds (``hparams``, ``state_dict``):
-    the same checks for ``ckpt_path`` and for the ``last.ckpt`` an auto-resume picks up."""
-    from mobilenet_pl.models.hparams import is_our_checkpoint, upgrade_hparams
-
-    loaded = check_checkpoint(key, path)
-    if not is_our_checkpoint(loaded):
-        raise ConfigError(
-            f"{key}={path!r} is not allowed: not a mobilenet_pl training checkpoint "
-            "(a plain state dict? start from its weights with model.pretrained=PATH instead)"
-        )
-    saved = upgrade_hparams(loaded["hyper_parameters"])
-    ours = {"model": dict(hparams["model"]), **{k: hparams[k] for k in ("num_classes", "in_chans")}}
-    same = all(saved.get("model", {}).get(k) == ours["model"].get(k) for k in ("name", "width")) and all(
-        saved.get(k) == ours[k] for k in ("num_classes", "in_chans")
-    )
-    shapes = {k: tuple(v.shape) for k, v in loaded["state_dict"].items() if hasattr(v, "shape")}
-    same = same and all(shapes.get(k, tuple(v.shape)) == tuple(v.shape) for k, v in state_dict.items())
     if not same:
         raise ConfigError(
-            f"{key}={path!r} is not allowed: it holds {_describe(saved)}; this run builds {_describe(ours)}"
+            f"{key}={path!r} is not allowed: it holds {describe(saved)}; this run builds {describe(ours)}"
         )

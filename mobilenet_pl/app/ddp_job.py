@@ -27,13 +27,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, RankLostError, is_collective_failure
-from mobilenet_pl.lit.data import checked_folders, remember_checked_folders
+from mobilenet_pl.lit.data.eval_checks import checked_folders, remember_checked_folders
+from mobilenet_pl.lit.lightning_internals import detach_launched_processes
+from mobilenet_pl.models.checks import first_line
 
 # Set by a DDP job for the ranks Lightning launches: the job's run dir and its config (YAML). The
 # environment, not a file in the run dir: nodes sharing the dir never race on it and a kill leaves nothing.
 DDP_JOB_ENV = "MOBILENET_PL_DDP_JOB"
 DDP_CONFIG_ENV = "MOBILENET_PL_DDP_CONFIG"
-# The first process's checks of the evaluation images (lit.data.checked_folders), so that the ranks it launches
+# The first process's checks of the evaluation images (lit/data/eval_checks.py), so that the ranks it launches
 # do not decode every val/test image again; only up to this size (a folder full of broken files is rechecked).
 EVAL_CHECKS_ENV = "MOBILENET_PL_EVAL_CHECKS"
 EVAL_CHECKS_MAX_BYTES = 32 * 1024  # Windows: at most 32,767 characters per variable
@@ -101,17 +103,6 @@ def launched_by_lightning() -> bool:
 _PARENT_PID = os.getppid()
 
 
-def _detach_launched_ranks(trainer: L.Trainer) -> list[subprocess.Popen[bytes]]:
-    """The ranks this process launched (local ranks 1..), taken from Lightning's watcher, which would
-    otherwise SIGKILL this process mid-report on seeing one gone (it polls every 5 s). Lightning 2.6 hands
-    the watcher the launcher's own ``procs`` list; an empty list means "all done" to it."""
-    procs = getattr(trainer.strategy.launcher, "procs", None)
-    children = list(procs or [])
-    if procs:
-        procs.clear()
-    return children
-
-
 def _lost_rank(trainer: L.Trainer, children: list[subprocess.Popen[bytes]]) -> str | None:
     """The rank that died, as "rank N (pid P, killed by SIGKILL)", where this process can tell: the
     node's first process watches the ranks it launched; those ranks see their launcher go."""
@@ -142,7 +133,7 @@ def lost_rank_message(
         or (f"rank {1 - trainer.global_rank}" if trainer.world_size == 2 else "another rank")
         + " (it died, hung or its node was lost)"
     )
-    detail = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0])  # drop gloo's source location
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", first_line(err))  # drop gloo's source location
     detail = detail.split(". This is typically")[0]
     dirpath = getattr(trainer.checkpoint_callback, "dirpath", None) or str(run_dir / "checkpoints")
     last = Path(dirpath, "last.ckpt")
@@ -167,7 +158,7 @@ def stop_on_lost_rank(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
     except Exception as err:
         if trainer.world_size < 2 or not is_collective_failure(err):
             raise
-        children = _detach_launched_ranks(trainer)
+        children = detach_launched_processes(trainer)  # before Lightning's watcher kills us
         message = lost_rank_message(trainer, run_dir, err, children)
         for proc in children:  # they cannot go on without this rank; they leave the report to it
             if proc.poll() is None:

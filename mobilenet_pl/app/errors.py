@@ -16,6 +16,8 @@ import sys
 from collections.abc import Iterator
 from types import ModuleType
 
+from mobilenet_pl.models.checks import first_line
+
 EXIT_BAD_INPUT = 2
 # the optional extras of pyproject.toml, by the module that needs them
 EXTRA_OF_MODULE = {
@@ -98,12 +100,14 @@ def _expected(err: BaseException) -> BaseException | None:
 
     from mobilenet_pl.lit.callbacks import NonFiniteLossError
     from mobilenet_pl.lit.checkpoint_io import CheckpointWriteError
+    from mobilenet_pl.models.weights import WeightsFileError
 
     if isinstance(err, InstantiationException):  # a component refused its arguments: report the cause
         cause = err.__cause__
         return cause if isinstance(cause, (ValueError, FileNotFoundError, RuntimeError)) else None
     expected = (
         ValueError,  # ConfigError included
+        WeightsFileError,  # a ValueError too; named so the mapping is visible: "KEY='PATH' is not allowed: why"
         FileNotFoundError,
         MissingExtraError,
         CheckFailedError,
@@ -124,13 +128,12 @@ def one_line(err: BaseException) -> str:
     from hydra.errors import MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    text = str(err).strip() or err.__class__.__name__
-    first = text.splitlines()[0]
+    first = first_line(err)
     if isinstance(err, MissingConfigException) and err.options:
         first = f"{first}; available: {', '.join(sorted(err.options))}"
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException) and str(cause).strip():  # "Error merging override x=y": why
-        first = f"{first.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
+        first = f"{first.rstrip('.')}: {first_line(cause)}"
     return first
 
 

@@ -1,4 +1,4 @@
-"""Figures the apps write: confusion matrices (torchmetrics' plot, with names made safe to draw)."""
+"""Figures the apps write to files: confusion matrices (drawn by ``lit.figures``, which the W&B report shares)."""
 
 from __future__ import annotations
 
@@ -7,47 +7,15 @@ from pathlib import Path
 
 from torch import Tensor
 
-ANNOTATE_UP_TO = 30  # classes; beyond this, counts and names would not fit in the cells and ticks
+from mobilenet_pl.lit.figures import ANNOTATE_UP_TO, confusion_matrix_figure, printable, pyplot
 
-
-def _pyplot():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def printable(name: str) -> str:
-    """A class name any renderer can draw: folder names that were not UTF-8 reach us with surrogate
-    escapes (``'caf\\udce9'``), which matplotlib cannot encode; they become ``'caf\\\\xe9'``."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def confusion_matrix_figure(confusion: Tensor, class_names: Sequence[str], title: str = "confusion matrix"):  # type: ignore[no-untyped-def]
-    """Counts per (true, predicted) class (``MulticlassConfusionMatrix.plot``), annotated when there are
-    few classes."""
-    from torchmetrics.classification import MulticlassConfusionMatrix
-
-    plt = _pyplot()
-    n = len(confusion)
-    few = n <= ANNOTATE_UP_TO
-    names = [printable(str(c)) for c in class_names] if few and len(class_names) == n else None
-    size = min(12.0, 2.0 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(size, size), constrained_layout=True)
-    MulticlassConfusionMatrix(num_classes=n).plot(val=confusion.cpu(), ax=ax, add_text=few, labels=names)
-    if not few:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    ax.set_title(title)
-    return fig
+__all__ = ["ANNOTATE_UP_TO", "confusion_matrix_figure", "printable", "pyplot", "save_confusion_matrix"]
 
 
 def save_confusion_matrix(
     confusion: Tensor, class_names: Sequence[str], path: Path, title: str = "confusion matrix"
 ) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig = confusion_matrix_figure(confusion, class_names, title)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from mobilenet_pl.lit.atomic import atomic_write
+from mobilenet_pl.models.checks import is_finite_number
 
 RESULTS_FILE = "results.json"
 # written into a sweep dir when a multirun starts; its jobs copy it into their results.json / failed.json, so a
@@ -28,7 +30,7 @@ REQUIRED_KEYS = (
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, float) and not is_finite_number(value):
         return None
     return value
 
@@ -40,10 +42,7 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
     if missing:
         raise ValueError(f"results are missing {missing}")
     path = run_dir / RESULTS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, json.dumps(results, indent=2, default=str) + "\n")
 
 
 def read_results(path: Path) -> dict[str, Any]:

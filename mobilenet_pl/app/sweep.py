@@ -14,9 +14,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, one_line
-from mobilenet_pl.app.plots import _pyplot
 from mobilenet_pl.app.results import RESULTS_FILE, new_sweep_id, read_results, read_sweep_id
 from mobilenet_pl.app.runner import FAILED_FILE
+from mobilenet_pl.lit.figures import pyplot
 
 COLUMNS = [
     "job",
@@ -112,7 +112,7 @@ def write_summary(rows: list[dict[str, Any]], path: Path) -> Path:
 def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> Path:
     """Accuracy vs mult-adds (log scale); points of one model and resolution are joined by width."""
     rows = [row for row in rows if row["error"] is None]  # failed jobs have no point
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     metric = "test_acc1" if all(r["test_acc1"] is not None for r in rows) else "val_acc1"
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}

@@ -21,6 +21,7 @@ from mobilenet_pl.bench.pipeline import bench_pipeline
 from mobilenet_pl.bench.report import environment, format_table
 from mobilenet_pl.bench.settings import SECTIONS
 from mobilenet_pl.bench.step import Config
+from mobilenet_pl.lit.atomic import atomic_write
 
 BENCHES: dict[str, Callable[[Config, list[str]], dict[str, Any]]] = {
     "train": bench_train,
@@ -74,7 +75,5 @@ def print_report(cfg: Config, report: dict[str, Any]) -> None:
     if cfg.json:
         Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
         # whole or not at all: a run stopped while writing (a time limit's SIGINT) leaves no half a file
-        partial = Path(f"{cfg.json}.partial")
-        partial.write_text(json.dumps(report, indent=2))
-        partial.replace(cfg.json)
+        atomic_write(cfg.json, json.dumps(report, indent=2))
         print(f"results: {cfg.json}")

@@ -1,4 +1,4 @@
-"""The model to deploy, read from one of our checkpoints."""
+"""The model to deploy, read from one of our checkpoints (no Lightning needed)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,15 @@ from typing import Any
 
 from torch import nn
 
-from mobilenet_pl.app.errors import ConfigError
+from mobilenet_pl.models.checkpoint import build_model
+from mobilenet_pl.models.weights import read_weights
 
 
 def load_model(ckpt_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The plain MobileNet (eval mode, EMA weights if any) and hyperparameters of our checkpoint."""
-    from mobilenet_pl.lit.classifier import MobileNetClassifier
+    """The plain MobileNet (eval mode, EMA weights if any) and hyperparameters of our checkpoint.
 
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={str(path)!r}: no such checkpoint file")
-    try:
-        module = MobileNetClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated file, someone else's checkpoint, a pickle with code in it
-        raise ConfigError(
-            f"ckpt_path={str(path)!r} is not a mobilenet_pl checkpoint ({err.__class__.__name__})"
-        ) from err
-    return module.to_model(), dict(module.hparams)
+    Raises:
+        WeightsFileError: ``ckpt_path=... is not allowed: ...``, one line naming what is wrong with the file.
+    """
+    weights = read_weights(ckpt_path, key="ckpt_path", checkpoint=True)
+    return build_model(weights), dict(weights.hparams or {})

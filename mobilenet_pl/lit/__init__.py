@@ -11,11 +11,11 @@ from typing import Any
 # public name -> the module that defines it
 _EXPORTS = {
     "MobileNetClassifier": "mobilenet_pl.lit.classifier",
-    "ImageDataModule": "mobilenet_pl.lit.data",
-    "DigitsDataModule": "mobilenet_pl.lit.data",
-    "ImageFolderDataModule": "mobilenet_pl.lit.data",
-    "CIFARDataModule": "mobilenet_pl.lit.data",
-    "FakeDataModule": "mobilenet_pl.lit.data",
+    "ImageDataModule": "mobilenet_pl.lit.data.base",
+    "DigitsDataModule": "mobilenet_pl.lit.data.digits",
+    "ImageFolderDataModule": "mobilenet_pl.lit.data.folder",
+    "CIFARDataModule": "mobilenet_pl.lit.data.cifar",
+    "FakeDataModule": "mobilenet_pl.lit.data.fake",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,6 +18,9 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mobilenet_pl.lit import lightning_internals
+from mobilenet_pl.lit.figures import confusion_matrix_figure, pyplot
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +33,7 @@ class ReseedEachBatch(L.Callback):
 
     Dropout, drop-path and Mixup/CutMix draws then depend on where in training a step is, not on what
     ran before it in this process (sanity check, iterator set-up, a resume). Together with the data's
-    own per-sample seeding (``lit.data.SeededSamples``) and ``trainer.deterministic=true``, a run resumed
+    own per-sample seeding (``lit.data.sampling.SeededSamples``) and ``trainer.deterministic=true``, a run resumed
     from ``last.ckpt`` ends with the same weights as an uninterrupted one.
 
     Seeds what ``L.seed_everything`` seeds (``random``, NumPy, torch's CPU generator and the generators of the
@@ -108,6 +111,13 @@ class ProgressBarRate(L.Callback):
     steps of 10 ms or more that is one redraw per step, 0.3-0.45 ms of that thread's CPU each (holding the GIL
     meanwhile), ~2% of a 30 ms step (docs/performance.md). 10 redraws a second look the same to a reader. A
     bar with a lower rate already, the TQDM bar (which limits itself), or no bar are left as they are.
+
+    Kept instead of ``RichProgressBar(refresh_rate=10)`` in ``conf/callbacks``: that argument is the same
+    redraws-per-second cap (its refresh thread sleeps ``1 / refresh_rate`` between redraws, lightning 2.6.6),
+    but a bar given as a callback replaces Lightning's choice of bar rather than capping it: a user's own bar
+    would make two (Lightning refuses that), ``trainer.enable_progress_bar=false`` would be refused too, and a
+    machine without ``rich`` could not build it. Capping the bar Lightning (or the user) chose keeps all of
+    those working; the rate has no setter, so it is set through `lightning_internals.cap_refresh_rate`.
     """
 
     def __init__(self, max_per_second: int = 10) -> None:
@@ -119,7 +129,7 @@ class ProgressBarRate(L.Callback):
         bar = trainer.progress_bar_callback
         # before the bar starts its display (sanity check, fit, validate or test start), which reads the rate
         if isinstance(bar, RichProgressBar) and bar.refresh_rate > self.max_per_second:
-            bar._refresh_rate = self.max_per_second  # the constructor's refresh_rate; there is no setter
+            lightning_internals.cap_refresh_rate(bar, self.max_per_second)
 
 
 class CheckpointOnSigterm(L.Callback):
@@ -344,8 +354,6 @@ class WandbTestReport(L.Callback):
             return
         import wandb
 
-        from mobilenet_pl.app.plots import _pyplot, confusion_matrix_figure
-
         names = list(pl_module.hparams.get("class_names") or [])
         fig = confusion_matrix_figure(confusion, names, "test confusion matrix")
         images, captions = self._samples(trainer, pl_module, names)
@@ -355,7 +363,7 @@ class WandbTestReport(L.Callback):
                 "test/predictions": [wandb.Image(img, caption=cap) for img, cap in zip(images, captions, strict=True)],
             }
         )
-        _pyplot().close(fig)
+        pyplot().close(fig)
 
     def _samples(
         self, trainer: L.Trainer, pl_module: L.LightningModule, names: list[str]

@@ -22,11 +22,13 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from mobilenet_pl.lit.data import IGNORE_INDEX
-from mobilenet_pl.lit.optim import build_optimizer, build_scheduler, check_config, preset, scaled_lr
+from mobilenet_pl.lit import lightning_internals
+from mobilenet_pl.lit.data.images import IGNORE_INDEX
+from mobilenet_pl.lit.optim import build_optimizer, build_scheduler, check_config, default_optimizer, scaled_lr
 from mobilenet_pl.models import create_model
-from mobilenet_pl.models.hparams import model_hparams, upgrade_hparams
+from mobilenet_pl.models.hparams import model_hparams
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE, check_fraction, check_positive, check_whole
+from mobilenet_pl.models.weights import read_weights
 
 # Restored from the checkpoint on resume (optimizer and scheduler state), so a new value would be ignored.
 RESUME_FIXED = ("optimizer", "scheduler", "scale_lr")
@@ -47,8 +49,8 @@ class MobileNetClassifier(L.LightningModule):
         pretrained: ImageNet weights to start from (``True``, a tag or a file); not saved as a
             hyperparameter, because a checkpoint already holds the weights.
         optimizer: ``{"name": "sgd", "lr": ..., ...}``, a name of `mobilenet_pl.lit.optim.OPTIMIZERS` plus
-            numbers; None: the app's default, ``conf/optimizer/adamw.yaml``. BatchNorm parameters and
-            biases get no weight decay.
+            numbers; None: `mobilenet_pl.lit.optim.DEFAULT_OPTIMIZER` (AdamW, lr 0.005, weight decay 0.05,
+            the training app's default too). BatchNorm parameters and biases get no weight decay.
         scheduler: ``{"name": "cosine", "warmup_epochs": 1, ...}`` (`mobilenet_pl.lit.optim.SCHEDULERS`)
             or None for a constant lr.
         scale_lr: multiply lr by global batch / 256 (set by the training app).
@@ -86,15 +88,10 @@ class MobileNetClassifier(L.LightningModule):
         compile: bool = False,
         class_names: list[str] | None = None,
     ) -> None:
-        if isinstance(model, str):  # mobilenet_pl 0.1 layout: the keywords were separate arguments
-            raise ValueError(
-                f"model={model!r}: pass the backbone as a dict, e.g. model={{'name': {model!r}, 'width': ...}} "
-                "(checkpoints of mobilenet_pl 0.1 load with MobileNetClassifier.load_from_checkpoint)"
-            )
         _check_arguments(num_classes, in_chans, resolution, label_smoothing, mixup, cutmix, ema_decay, class_names)
         # normalised before save_hyperparameters reads them: plain, complete and checked values only
         model = model_hparams(model or {"name": "mobilenet_v2"})
-        optimizer = check_config("optimizer", optimizer) or preset("optimizer", "adamw")
+        optimizer = check_config("optimizer", optimizer) or default_optimizer()
         scheduler = check_config("scheduler", scheduler)
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained"])
@@ -197,12 +194,10 @@ class MobileNetClassifier(L.LightningModule):
         self._epoch_loss = weighted if self._epoch_loss is None else self._epoch_loss + weighted
         self._epoch_samples += batch_size
         trainer = self._trainer
-        # Lightning's own test of "the loggers are written after this step" (private; without it: every step)
-        connector = getattr(trainer, "_logger_connector", None)
+        # Lightning's own test of "the loggers are written after this step" (no public API: lightning_internals)
         if (
             trainer is None
-            or connector is None
-            or connector.should_update_logs
+            or lightning_internals.should_update_logs(trainer)
             or getattr(trainer, "fast_dev_run", False)
         ):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=batch_size)
@@ -283,27 +278,13 @@ class MobileNetClassifier(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Lightning's ``load_from_checkpoint``, reading with ``weights_only=True`` unless told otherwise
-        (Lightning's default unpickles anything); checkpoints of mobilenet_pl 0.1 (the model keywords
-        as separate hyperparameters) are translated to today's ``model`` dict."""
+        (Lightning's default unpickles anything). A file path is first checked by the models' reader, so a
+        missing, empty, truncated, pickled or foreign file is one `WeightsFileError` line naming
+        ``checkpoint_path``, not torch's mmap or pickle message."""
         kwargs.setdefault("weights_only", True)
-        if "model" not in kwargs and isinstance(checkpoint_path, (str, Path)):
-            from mobilenet_pl.app.config import check_checkpoint
-
-            # one clear line for a missing, empty, foreign or pickled file, not torch's mmap or pickle message
-            raw = check_checkpoint("checkpoint_path", str(checkpoint_path))
-            hparams = raw.get("hyper_parameters", {}) if isinstance(raw, dict) else {}
-            if isinstance(hparams.get("model"), str):
-                kwargs["model"] = upgrade_hparams(hparams)["model"]
-        try:
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-        except RuntimeError as err:  # hyperparameters that build another shape than the weights: 100+ lines
-            details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-            if not str(err).startswith("Error(s) in loading state_dict") or not details:
-                raise
-            raise ValueError(
-                f"checkpoint {str(checkpoint_path)!r}: its hyperparameters disagree with its weights "
-                f"({len(details)} difference(s); first: {details[0][:300]})"
-            ) from None
+        if isinstance(checkpoint_path, (str, Path)):
+            read_weights(checkpoint_path, key="checkpoint_path", checkpoint=True)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """On resume the optimizer and scheduler state come from the checkpoint, so a changed
@@ -311,7 +292,7 @@ class MobileNetClassifier(L.LightningModule):
         trainer = self._trainer
         if trainer is None or trainer.state.fn != "fit":
             return
-        saved = upgrade_hparams(checkpoint.get("hyper_parameters", {}))
+        saved = checkpoint.get("hyper_parameters", {})
         for key in RESUME_FIXED:
             old = saved.get(key) if key == "scale_lr" else check_config(key, saved.get(key))
             difference = _first_difference(key, old, self.hparams[key])

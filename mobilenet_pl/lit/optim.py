@@ -2,8 +2,8 @@
 
 An optimizer or scheduler config is ``{"name": "sgd", "lr": 0.045, "momentum": 0.9, ...}``: a name from
 `OPTIMIZERS` / `SCHEDULERS` plus numbers. The LightningModule keeps these dicts as hyperparameters, and
-a checkpoint's hyperparameters are data, never code: nothing here imports a dotted path it was given
-(a ``_target_`` of an older config is accepted only when it is one of the `LEGACY_TARGETS`).
+a checkpoint's hyperparameters are data, never code: nothing here imports a dotted path it was given,
+and a ``_target_`` is refused.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from timm.optim import RMSpropTF, param_groups_weight_decay
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+
+from mobilenet_pl.models.checks import is_finite_number
 
 SchedulerConfig = dict[str, Any]
 
@@ -94,43 +95,33 @@ SCHEDULERS: dict[str, Callable[..., SchedulerConfig]] = {
     "none": constant,
     "step": step,
 }
-# ``_target_`` values of configs and checkpoints written before names (mobilenet_pl 0.1), by name.
-LEGACY_TARGETS = {
-    "torch.optim.AdamW": "adamw",
-    "timm.optim.RMSpropTF": "rmsprop",
-    "torch.optim.SGD": "sgd",
-    "mobilenet_pl.lit.optim.warmup_cosine": "cosine",
-    "mobilenet_pl.lit.optim.exponential": "exponential",
-    "mobilenet_pl.lit.optim.constant": "none",
-    "mobilenet_pl.lit.optim.step": "step",
-}
+# The library's optimizer when none is given. The same values as the training app's default recipe
+# (conf/optimizer/adamw.yaml, chosen in conf/train.yaml); tests/app/test_optim.py keeps the two equal.
+DEFAULT_OPTIMIZER: dict[str, Any] = {"name": "adamw", "lr": 0.005, "weight_decay": 0.05}
 # Arguments filled in by the module, not by the config.
 _BUILT_IN = {"params", "optimizer", "steps_per_epoch", "max_epochs"}
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and (isinstance(value, bool) or math.isfinite(value))
+    return isinstance(value, bool) or is_finite_number(value)  # booleans are options too (nesterov)
 
 
 def check_config(kind: str, config: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The config as a plain ``{"name": ..., numbers...}`` dict, or ValueError naming the key.
 
-    ``kind`` is ``"optimizer"`` or ``"scheduler"``. An older ``_target_`` config is translated through
-    `LEGACY_TARGETS`; any other ``_target_`` is refused, so nothing read from a file names code to call.
+    ``kind`` is ``"optimizer"`` or ``"scheduler"``. A ``_target_`` is refused, so nothing read from a file
+    names code to call.
     """
     if config is None:
         return None
     table = OPTIMIZERS if kind == "optimizer" else SCHEDULERS
     choices = ", ".join(sorted(table))
-    out = {str(k): v for k, v in dict(config).items() if k != "_partial_"}
+    out = {str(k): v for k, v in dict(config).items()}
     if "_target_" in out:
-        target = out.pop("_target_")
-        if target not in LEGACY_TARGETS or LEGACY_TARGETS[target] not in table:
-            raise ValueError(
-                f"{kind}._target_={target!r} is not allowed: a {kind} is a name ({choices}) plus numbers; "
-                "nothing read from a config or checkpoint may name code to call"
-            )
-        out.setdefault("name", LEGACY_TARGETS[target])
+        raise ValueError(
+            f"{kind}._target_={out['_target_']!r} is not allowed: a {kind} is a name ({choices}) plus numbers; "
+            "nothing read from a config or checkpoint may name code to call"
+        )
     name = str(out.get("name"))
     if name not in table:
         raise ValueError(f"{kind}.name={out.get('name')!r} is not allowed: choose one of {choices}")
@@ -191,12 +182,6 @@ def build_scheduler(
     return SCHEDULERS[checked["name"]](optimizer, steps_per_epoch=steps_per_epoch, max_epochs=max_epochs, **options)
 
 
-def preset(kind: str, name: str) -> dict[str, Any]:
-    """The shipped ``conf/<kind>/<name>.yaml``, checked: the app's defaults, written once."""
-    import yaml
-
-    from mobilenet_pl.app.config import config_dir
-
-    checked = check_config(kind, yaml.safe_load((Path(config_dir()) / kind / f"{name}.yaml").read_text()))
-    assert checked is not None
-    return checked
+def default_optimizer() -> dict[str, Any]:
+    """The library's optimizer when none is given: `DEFAULT_OPTIMIZER` (a fresh copy)."""
+    return dict(DEFAULT_OPTIMIZER)

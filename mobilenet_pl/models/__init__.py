@@ -7,6 +7,7 @@ from mobilenet_pl.models.factory import create_model, mobilenet_v1, mobilenet_v2
 from mobilenet_pl.models.layers import ConvBNAct, make_divisible
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE, FeatureInfo, MobileNet, MobileNetFeatures
 from mobilenet_pl.models.registry import list_models, register_model
+from mobilenet_pl.models.weights import Weights, WeightsFileError, read_weights
 
 __all__ = [
     "MIN_INPUT_SIZE",
@@ -14,11 +15,14 @@ __all__ = [
     "FeatureInfo",
     "MobileNet",
     "MobileNetFeatures",
+    "Weights",
+    "WeightsFileError",
     "create_model",
     "from_checkpoint",
     "list_models",
     "make_divisible",
     "mobilenet_v1",
     "mobilenet_v2",
+    "read_weights",
     "register_model",
 ]

@@ -1,4 +1,4 @@
-"""State-dict conversion between torchvision, timm and ours, and pretrained-weight loading.
+"""State-dict conversion between torchvision, timm and ours, and where the ImageNet weights come from.
 
 Foreign checkpoints are renamed key by key into our layout (``stem``, ``stages.i.j.conv_*``, ``head``,
 ``classifier``) and back (`to_foreign_state_dict`); the tensors themselves are untouched, so converted
@@ -10,13 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from mobilenet_pl.models.hparams import is_our_checkpoint, lightning_weights, upgrade_hparams
 from mobilenet_pl.models.specs import MOBILENET_V2
 
 Source = Literal["torchvision", "timm", "mobilenet_pl"]
@@ -216,8 +214,8 @@ def _timm_renamer(state_dict: Mapping[str, Tensor]):  # type: ignore[no-untyped-
     return rename
 
 
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
-    """Raise a ValueError listing missing, unexpected and mis-shaped keys, or return silently."""
+def state_dict_problems(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
+    """One line per kind of misfit (missing, unexpected, mis-shaped keys), in model order; empty when it fits."""
     expected = model.state_dict()
     # listed in model order, so the first line points at the first layer that does not fit
     missing = [k for k in expected if k not in state_dict]
@@ -227,45 +225,18 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
         for k, v in expected.items()
         if k in state_dict and state_dict[k].shape != v.shape
     ]
-    problems = [
-        (label, keys)
+    return [
+        f"  {label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
         if keys
     ]
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Raise a ValueError listing missing, unexpected and mis-shaped keys, or return silently."""
+    problems = state_dict_problems(model, state_dict)
     if problems:
-        lines = [
-            f"  {label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for label, keys in problems
-        ]
-        raise ValueError("state dict does not fit the model (is the width or model right?):\n" + "\n".join(lines))
-
-
-def load_state_dict_file(path: str | Path) -> StateDict:
-    """Read a state dict safely (``weights_only=True``; safetensors too) and convert it to our keys."""
-    return read_weights_file(path)[0]
-
-
-def read_weights_file(path: str | Path) -> tuple[StateDict, dict[str, object] | None]:
-    """Our-layout weights of a file, and the ``model`` hyperparameters when it is one of our training
-    checkpoints (whose weights are then the EMA copy when the run kept one), else None."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        raw: Mapping[str, object] = load_file(str(path))
-    else:
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # weights_only refuses pickled code: say so instead of a pickle trace
-            raise ValueError(
-                f"refusing to load {str(path)!r}: not a plain tensor checkpoint ({err.__class__.__name__}: {str(err).splitlines()[0]})"
-            ) from err
-    if is_our_checkpoint(raw):  # a MobileNetClassifier checkpoint: the EMA weights when the run kept them
-        arch = upgrade_hparams(raw["hyper_parameters"])["model"]  # type: ignore[index,arg-type]
-        return lightning_weights(raw["state_dict"]), arch  # type: ignore[index,arg-type]
-    return convert_state_dict(unwrap_state_dict(raw)), None
+        raise ValueError("state dict does not fit the model (is the width or model right?):\n" + "\n".join(problems))
 
 
 def available_pretrained() -> str:
@@ -285,70 +256,3 @@ def _download(weights: PretrainedWeights) -> StateDict:
     import timm
 
     return timm.create_model(weights.name, pretrained=True).state_dict()
-
-
-def load_pretrained(model: nn.Module, name: str, width: float, pretrained: bool | str | Path) -> None:
-    """Load ImageNet weights (``True`` or a tag) or a local file into ``model`` in place (`load_weights`).
-
-    A local file may be a torchvision, timm or mobilenet_pl state dict, or one of our training
-    checkpoints (its EMA weights when the run kept an EMA: what validation, test and eval used).
-    """
-    tags = PRETRAINED.get((name, float(width)), {})
-    if isinstance(pretrained, Path) or (isinstance(pretrained, str) and pretrained not in tags):
-        if (
-            isinstance(pretrained, str)
-            and not Path(pretrained).expanduser().exists()
-            and not re.search(r"[/\\.]", pretrained)
-        ):
-            raise ValueError(
-                f"pretrained={pretrained!r} is neither a tag of {name} width {width:g} ({list(tags) or 'none'}) "
-                f"nor an existing file. Weights exist for: {available_pretrained()}."
-            )
-        state_dict, arch = read_weights_file(pretrained)
-        if arch is not None:
-            _check_same_architecture(model, name, pretrained, arch)
-    else:
-        if not tags:
-            raise ValueError(
-                f"no ImageNet weights for {name} width {width:g}. Weights exist for: {available_pretrained()}. "
-                "Pass pretrained='/path/to/weights.pth' (a torchvision, timm or mobilenet_pl state dict) instead."
-            )
-        weights = tags[pretrained] if isinstance(pretrained, str) else next(iter(tags.values()))
-        try:
-            state_dict = convert_state_dict(_download(weights), weights.source)
-        except Exception as err:
-            raise RuntimeError(
-                f"could not fetch {weights.source} weights {weights.name!r} ({err.__class__.__name__}); offline? "
-                f"Download them once where there is a network, or pass pretrained='/path/to/weights.pth'. "
-                f"Weights exist for: {available_pretrained()}."
-            ) from err
-    load_weights(model, state_dict)
-
-
-def _check_same_architecture(model: nn.Module, name: str, path: str | Path, arch: Mapping[str, object]) -> None:
-    # a width mismatch shows in the shapes; these two would load silently into a different network
-    small_input = model.stem.conv.stride[0] == 1  # type: ignore[union-attr,index]
-    if arch["name"] != name or bool(arch["small_input"]) != small_input:
-        raise ValueError(
-            f"pretrained={str(path)!r} was trained as {arch['name']} with small_input={arch['small_input']}, "
-            f"but this model is {name} with small_input={small_input}: build it with the checkpoint's settings, "
-            "or use mobilenet_pl.from_checkpoint(path), which reads them"
-        )
-
-
-def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
-    """Load our-layout weights into ``model``, checked key by key.
-
-    The classifier is kept freshly initialised when ``num_classes`` differs from the checkpoint's,
-    and layers a ``features_only`` model does not build are ignored.
-    """
-    expected = model.state_dict()
-    state_dict = {
-        k: v
-        for k, v in state_dict.items()
-        if k in expected and not (k.startswith("classifier.") and v.shape != expected[k].shape)
-    }
-    # what the model builds but the checkpoint lacks may only be a (reset) classifier
-    missing_ok = {k for k in expected if k.startswith("classifier.") and k not in state_dict}
-    check_state_dict(model, {**state_dict, **{k: expected[k] for k in missing_ok}})
-    model.load_state_dict(state_dict, strict=False)

@@ -10,7 +10,7 @@ from typing_extensions import Unpack
 
 from mobilenet_pl.models.layers import ActLayer
 from mobilenet_pl.models.mobilenet import MobileNet, MobileNetFeatures
-from mobilenet_pl.models.registry import _MODELS, register_model, resolve_model_name
+from mobilenet_pl.models.registry import build_registered, register_model
 from mobilenet_pl.models.specs import MOBILENET_V1, MOBILENET_V2, ArchSpec
 
 Model = MobileNet | MobileNetFeatures
@@ -49,7 +49,7 @@ def create_model(name: str, *, features_only: Literal[False] = ..., **kwargs: Un
 def create_model(name: str, *, features_only: bool, **kwargs: Unpack[BuildKwargs]) -> Model: ...
 def create_model(name: str, **kwargs: Any) -> Model:
     """Build a registered model by name, e.g. ``create_model("v2", width=0.75, num_classes=10)``."""
-    return _MODELS[resolve_model_name(name)](**kwargs)
+    return build_registered(name, **kwargs)
 
 
 def _build(name: str, arch: ArchSpec, kwargs: ModelKwargs) -> Model:
@@ -70,7 +70,7 @@ def _build(name: str, arch: ArchSpec, kwargs: ModelKwargs) -> Model:
             raise ValueError("out_indices is only valid with features_only=True")
         model = MobileNet(arch, **options)
     if pretrained:
-        from mobilenet_pl.models.convert import load_pretrained
+        from mobilenet_pl.models.weights import load_pretrained
 
         load_pretrained(model, name, options.get("width", 1.0), pretrained)
     return model

@@ -48,16 +48,6 @@ def model_hparams(model: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """Hyperparameters in today's layout; mobilenet_pl 0.1 checkpoints (``model`` a name, the
-    architecture keywords at the top level) are translated, today's are returned as they are."""
-    out = dict(hparams)
-    if isinstance(out.get("model"), str):
-        arch = {key: out.pop(key) for key in architecture_defaults() if key in out}
-        out["model"] = model_hparams({"name": out["model"], **arch})
-    return out
-
-
 def lightning_weights(state_dict: Mapping[str, Tensor], ema: bool = True) -> StateDict:
     """A plain MobileNet state dict from a MobileNetClassifier ``state_dict``: the EMA copy when it
     has one and ``ema``, else the trained weights."""
@@ -76,4 +66,8 @@ def lightning_weights(state_dict: Mapping[str, Tensor], ema: bool = True) -> Sta
 
 
 def is_our_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and isinstance(obj.get("hyper_parameters"), Mapping) and "state_dict" in obj
+    """A MobileNetClassifier checkpoint: a ``state_dict`` and ``hyper_parameters`` whose ``model`` is a dict."""
+    if not (isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)):
+        return False
+    hparams = obj.get("hyper_parameters")
+    return isinstance(hparams, Mapping) and isinstance(hparams.get("model"), Mapping)

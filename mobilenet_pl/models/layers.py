@@ -4,36 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from timm.layers import get_act_layer
+
+# timm's channel rounding is the rule torchvision and TF-slim use (tests/models/test_layers.py): re-exported as ours
+from timm.layers import make_divisible as make_divisible
 from torch import Tensor, nn
 
 ActLayer = Callable[..., nn.Module]
 
-_ACTIVATIONS: dict[str, ActLayer] = {"relu6": nn.ReLU6, "relu": nn.ReLU, "silu": nn.SiLU, "hardswish": nn.Hardswish}
-
-
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
-    """Round a channel count to a multiple of ``divisor`` the way torchvision, timm and TF-slim do.
-
-    The nearest multiple wins, but never below ``min_value`` (default ``divisor``) and never more than
-    10% below ``value``. Differing from this rule by a single channel breaks loading their weights.
-    """
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < round_limit * value:
-        rounded += divisor
-    return rounded
-
 
 def resolve_act_layer(act_layer: str | ActLayer) -> ActLayer:
-    """Turn an activation name (``"relu6"``, ``"relu"``, ...) or a module class into a factory."""
-    if callable(act_layer):
-        return act_layer
-    if not isinstance(act_layer, str):  # None would fail deep inside as an AttributeError
-        raise ValueError(f"act_layer={act_layer!r} is unknown; choose one of {sorted(_ACTIVATIONS)} or a module class")
+    """Turn an activation name (``"relu6"``, ``"relu"``, ``"silu"``, ``"hardswish"``, any of timm's) or a
+    module class into a factory (timm's ``get_act_layer``)."""
+    # wraps timm's lookup only for an error that names the key and the choices (timm raises a bare KeyError)
     try:
-        return _ACTIVATIONS[act_layer.lower()]
-    except KeyError:
-        raise ValueError(f"act_layer={act_layer!r} is unknown; choose one of {sorted(_ACTIVATIONS)}") from None
+        layer = get_act_layer(act_layer)
+    except (KeyError, AttributeError):
+        layer = None
+    if not callable(layer):
+        raise ValueError(
+            f"act_layer={act_layer!r} is unknown; choose one of timm's activation names "
+            "(relu6, relu, silu, hardswish, gelu, ...) or pass a module class"
+        )
+    return layer
 
 
 class ConvBNAct(nn.Module):

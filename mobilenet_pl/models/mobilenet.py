@@ -25,6 +25,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from mobilenet_pl.models.blocks import DepthwiseSeparable, InvertedResidual
+from mobilenet_pl.models.checks import is_finite_number
 from mobilenet_pl.models.layers import ActLayer, ConvBNAct, make_divisible, resolve_act_layer
 from mobilenet_pl.models.specs import ArchSpec, StageSpec
 
@@ -48,8 +49,7 @@ class FeatureInfo(list):  # type: ignore[type-arg]
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
     """Raise a ValueError naming ``name`` unless ``value`` is a real number > 0 (or >= 0)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
+    ok = is_finite_number(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a number {bound}, got {value!r}")

@@ -28,3 +28,9 @@ def resolve_model_name(name: str) -> str:
         choices = sorted([*_MODELS, *_ALIASES])
         raise ValueError(f"model={name!r} is unknown; choose one of {choices}")
     return canonical
+
+
+def build_registered(name: str, **kwargs: Any) -> Any:
+    """The registered builder of ``name`` (or an alias) called with ``kwargs``: `create_model` without the
+    typed overloads, for readers below the builders (the weights reader checks shapes with it)."""
+    return _MODELS[resolve_model_name(name)](**kwargs)

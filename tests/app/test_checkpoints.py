@@ -1,4 +1,4 @@
-"""Our checkpoints as data: nothing in one names code to call, old layouts load, resume is honest, and
+"""Our checkpoints as data: nothing in one names code to call, resume is honest, and
 `mobilenet_pl.from_checkpoint` rebuilds the exact network (EMA weights included)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from mobilenet_pl import from_checkpoint, mobilenet_v1
 from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.lit.data import FakeDataModule
+from mobilenet_pl.models import WeightsFileError
 
 MODEL = {"name": "v1", "width": 0.25, "small_input": True}
 OPTIMIZER = {"name": "adamw", "lr": 0.005, "weight_decay": 0.05}
@@ -71,9 +72,9 @@ def rewrite(source: Path, target: Path, **hparams: Any) -> Path:
     return target
 
 
-# -- nothing read from a checkpoint may name code to call --------------------------------
+# -- nothing read from a checkpoint may name code to call ----------------------------------------------------
 ATTACKS = {
-    # the 0.1 layout instantiated these with Hydra: Path.touch(str) created the file
+    # instantiated with Hydra, Path.touch(str) would create the file
     "optimizer_target": lambda f: {"optimizer": {"_target_": "pathlib.Path.touch", "_args_": [str(f)]}},
     "scheduler_target": lambda f: {"scheduler": {"_target_": "pathlib.Path.touch", "_partial_": True, "self": str(f)}},
     "optimizer_name": lambda f: {"optimizer": {"name": "pathlib.Path.touch", "lr": 0.1}},
@@ -94,58 +95,7 @@ def test_checkpoint_naming_code_is_refused(attack: str, saved: Path, tmp_path: P
     assert not victim.exists()
 
 
-# -- issue 9 item 3: the 0.1 layout (keywords at the top level, _target_ dicts) still loads ---------------
-def legacy_hparams() -> dict[str, Any]:
-    """Exactly what mobilenet_pl 0.1 saved (printed from a run of its build_module)."""
-    return {
-        "model": "v1",
-        "width": 0.25,
-        "num_classes": 10,
-        "in_chans": 3,
-        "resolution": 32,
-        "dropout": 0.2,
-        "drop_path_rate": 0.0,
-        "small_input": True,
-        "act_layer": "relu6",
-        "init": "default",
-        "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.005, "weight_decay": 0.05},
-        "scheduler": {
-            "_target_": "mobilenet_pl.lit.optim.warmup_cosine",
-            "_partial_": True,
-            "warmup_epochs": 1,
-            "min_lr_ratio": 0.01,
-        },
-        "scale_lr": False,
-        "label_smoothing": 0.1,
-        "mixup": 0.0,
-        "cutmix": 0.0,
-        "ema_decay": 0.5,
-        "channels_last": False,
-        "compile": False,
-        "class_names": [str(i) for i in range(10)],
-    }
-
-
-def test_legacy_checkpoint_layout_is_translated(saved: Path, tmp_path: Path) -> None:
-    raw = torch.load(saved, map_location="cpu", weights_only=True)
-    raw["hyper_parameters"] = legacy_hparams()
-    torch.save(raw, tmp_path / "legacy.ckpt")
-    module = MobileNetClassifier.load_from_checkpoint(tmp_path / "legacy.ckpt", weights_only=True).eval()
-    today = MobileNetClassifier.load_from_checkpoint(saved, weights_only=True).eval()
-    assert module.hparams["model"] == today.hparams["model"]
-    assert module.hparams["optimizer"] == OPTIMIZER and module.hparams["scheduler"] == SCHEDULER
-    with torch.no_grad():
-        torch.testing.assert_close(module.eval_forward(X), today.eval_forward(X), rtol=0, atol=0)
-    with torch.no_grad():
-        torch.testing.assert_close(from_checkpoint(tmp_path / "legacy.ckpt")(X), today.to_model()(X), rtol=0, atol=0)
-
-
-def test_old_style_model_argument_says_what_to_pass() -> None:
-    with pytest.raises(ValueError, match=r"model='v2': pass the backbone as a dict"):
-        MobileNetClassifier("v2")  # type: ignore[arg-type]
-
-
-# -- resume with a new optimizer.lr --------------------------------------------------------
+# -- resume with a new optimizer.lr --------------------------------------------------------------------------
 def test_resume_with_a_changed_lr_is_refused_naming_the_key(saved: Path, tmp_path: Path) -> None:
     changed = new_module(optimizer={**OPTIMIZER, "lr": 0.01})
     with pytest.raises(ValueError, match=r"^optimizer\.lr=0\.01 differs from the resumed checkpoint's 0\.005"):
@@ -162,7 +112,7 @@ def test_resume_with_a_changed_lr_is_refused_naming_the_key(saved: Path, tmp_pat
     assert fit.optimizers[0].defaults["lr"] == same.hparams["optimizer"]["lr"]
 
 
-# -- from_checkpoint and pretrained=ckpt -------------------------------------------------
+# -- from_checkpoint and pretrained=ckpt ---------------------------------------------------------------------
 def test_from_checkpoint_rebuilds_the_architecture_with_ema_weights(saved: Path) -> None:
     module = MobileNetClassifier.load_from_checkpoint(saved, weights_only=True).eval()
     model = from_checkpoint(saved)
@@ -196,12 +146,14 @@ def test_pretrained_checkpoint_of_other_strides_is_refused(saved: Path) -> None:
 
 def test_from_checkpoint_refuses_what_has_no_architecture(tmp_path: Path) -> None:
     torch.save(mobilenet_v1(width=0.25).state_dict(), tmp_path / "bare.pth")
-    with pytest.raises(ValueError, match=r"bare.pth' holds no mobilenet_pl hyperparameters .*cannot be read"):
+    with pytest.raises(
+        WeightsFileError, match=r"bare.pth' is not allowed: .*holds no mobilenet_pl hyperparameters.*cannot be read"
+    ):
         from_checkpoint(tmp_path / "bare.pth")
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "model.ts")
-    with pytest.raises(ValueError, match=r"refusing to load .*model.ts.*ONNX/TorchScript export"):
+    with pytest.raises(WeightsFileError, match=r"model.ts' is not allowed: .*ONNX/TorchScript export"):
         from_checkpoint(tmp_path / "model.ts")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(WeightsFileError, match="the file does not exist"):
         from_checkpoint(tmp_path / "missing.ckpt")
 
 

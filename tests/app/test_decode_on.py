@@ -14,10 +14,9 @@ import torch
 from helpers import FAST, compose_train, make_image_folder, run_cli, run_ok
 from PIL import Image
 
-from mobilenet_pl.lit import device_decode
 from mobilenet_pl.lit.callbacks import WandbTestReport
 from mobilenet_pl.lit.classifier import MobileNetClassifier
-from mobilenet_pl.lit.data import ImageFolderDataModule
+from mobilenet_pl.lit.data import ImageFolderDataModule, device_decode
 from mobilenet_pl.train import train
 
 SMALL = ["resolution=32", "width=0.25", "logger=none", "data.batch_size=4", "data.num_workers=0"]

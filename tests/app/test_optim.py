@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from mobilenet_pl.lit.optim import OPTIMIZERS, build_optimizer, build_scheduler, check_config, preset
+from mobilenet_pl.lit.optim import (
+    DEFAULT_OPTIMIZER,
+    OPTIMIZERS,
+    build_optimizer,
+    build_scheduler,
+    check_config,
+    default_optimizer,
+)
 
 
 @pytest.mark.parametrize(
@@ -37,14 +45,25 @@ def test_configs_that_name_code_or_hold_non_numbers_are_refused(kind: str, confi
         check_config(kind, config)
 
 
-def test_presets_are_the_shipped_yaml() -> None:
-    assert preset("optimizer", "adamw") == {"name": "adamw", "lr": 0.005, "weight_decay": 0.05}
+def test_the_library_default_optimizer_is_the_apps_default_recipe() -> None:
+    """The library's default is written in Python (lit reads nothing from conf/); it must stay the optimizer
+    the training app composes by default (conf/train.yaml's ``optimizer`` option), so the two cannot drift."""
+    from omegaconf import OmegaConf
+
+    from mobilenet_pl.app.config import config_dir
+
+    conf = Path(config_dir())
+    defaults = OmegaConf.to_container(OmegaConf.load(conf / "train.yaml").defaults)
+    option = next(entry["optimizer"] for entry in defaults if isinstance(entry, dict) and "optimizer" in entry)
+    recipe = check_config("optimizer", OmegaConf.to_container(OmegaConf.load(conf / "optimizer" / f"{option}.yaml")))
+    assert default_optimizer() == DEFAULT_OPTIMIZER == recipe, (
+        f"lit.optim.DEFAULT_OPTIMIZER {DEFAULT_OPTIMIZER} differs from the app's conf/optimizer/{option}.yaml {recipe}"
+    )
+    assert check_config("optimizer", DEFAULT_OPTIMIZER) == DEFAULT_OPTIMIZER  # allowed, and already plain
+    assert default_optimizer() is not DEFAULT_OPTIMIZER  # a caller's change cannot alter the default
     assert set(OPTIMIZERS) == {"adamw", "rmsprop", "sgd"}
-    # an older config's _target_ maps to the same name
-    assert check_config("optimizer", {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}) == {
-        "name": "sgd",
-        "lr": 0.1,
-    }
+    with pytest.raises(ValueError, match=r"optimizer\._target_='torch\.optim\.SGD' is not allowed"):
+        check_config("optimizer", {"_target_": "torch.optim.SGD", "lr": 0.1})  # even one that names a real optimizer
 
 
 def test_no_weight_decay_on_batchnorm_and_biases() -> None:

@@ -1,4 +1,4 @@
-"""Device-side JPEG decoding and augmentation (``mobilenet_pl.lit.device_decode``), run on the CPU.
+"""Device-side JPEG decoding and augmentation (``mobilenet_pl.lit.data.device_decode``), run on the CPU.
 
 References are independent of the code under test: the PIL path (``pil_transforms``) for pixels,
 torchvision's ``RandomResizedCrop.get_params`` for the crop distribution.
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 
 from mobilenet_pl.lit.data import IGNORE_INDEX, CorruptImageError, EvalShard, ImageFolderSplit, pil_transforms
-from mobilenet_pl.lit.device_decode import (
+from mobilenet_pl.lit.data.device_decode import (
     DeviceAugment,
     EncodedBatch,
     collate_encoded,
@@ -29,7 +29,7 @@ from mobilenet_pl.lit.device_decode import (
     read_encoded,
     size_groups,
 )
-from mobilenet_pl.lit.images import UnreadableImage
+from mobilenet_pl.lit.data.images import UnreadableImage
 
 
 def _texture(seed: int, height: int, width: int, cell: int = 8) -> Image.Image:

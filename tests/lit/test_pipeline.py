@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from mobilenet_pl.lit.data import ImageFolderSplit, NormalizedTensor, SeededSamples, pil_transforms
-from mobilenet_pl.lit.images import IMAGENET_MEAN, IMAGENET_STD
+from mobilenet_pl.lit.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _photo(width: int, height: int, seed: int) -> Image.Image:

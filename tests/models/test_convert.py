@@ -9,7 +9,8 @@ import torchvision
 
 from mobilenet_pl import convert_state_dict, create_model
 from mobilenet_pl.models import convert
-from mobilenet_pl.models.convert import check_state_dict, detect_source, load_state_dict_file, to_foreign_state_dict
+from mobilenet_pl.models.convert import check_state_dict, detect_source, to_foreign_state_dict
+from mobilenet_pl.models.weights import WeightsFileError, read_weights
 
 TIMM_MODELS = [
     ("mobilenetv1_100", "mobilenet_v1", 1.0),
@@ -90,7 +91,7 @@ def test_local_file_in_every_format(tmp_path: Path) -> None:
     for name in ["timm.pth", "lightning.ckpt", "timm.safetensors"]:
         ours = create_model("v2", width=0.5, pretrained=str(tmp_path / name)).eval()
         assert_same_function(ref, ours)
-    assert set(load_state_dict_file(tmp_path / "tv.pth")) == set(create_model("v2", width=0.5).state_dict())
+    assert set(read_weights(tmp_path / "tv.pth").state_dict) == set(create_model("v2", width=0.5).state_dict())
 
 
 def test_pretrained_file_into_other_num_classes_and_features(tmp_path: Path) -> None:
@@ -105,12 +106,17 @@ def test_pretrained_file_into_other_num_classes_and_features(tmp_path: Path) -> 
 
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     torch.save({"model": create_model("v1", width=0.25)}, tmp_path / "pickled.pth")  # a whole module: code
-    with pytest.raises(ValueError, match=r"refusing to load .*pickled.pth.*not a plain tensor checkpoint"):
+    with pytest.raises(
+        WeightsFileError,
+        match=r"pretrained=.*pickled.pth' is not allowed: it holds pickled objects: .*refused for safety",
+    ):
         create_model("v1", width=0.25, pretrained=str(tmp_path / "pickled.pth"))
 
 
 def test_missing_file_and_unknown_tag() -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(
+        WeightsFileError, match=r"pretrained='/nonexistent/weights\.pth' is not allowed: the file does not exist"
+    ):
         create_model("v2", pretrained="/nonexistent/weights.pth")
     with pytest.raises(ValueError, match=r"pretrained='imagenet21k' is neither a tag .*\['torchvision_v2'"):
         create_model("v2", pretrained="imagenet21k")

@@ -368,7 +368,7 @@ def test_truncated_checkpoint_is_refused(tmp_path: Path) -> None:
     torch.save({"state_dict": {"w": torch.ones(1000)}}, good)
     (tmp_path / "cut.ckpt").write_bytes(good.read_bytes()[:300])
     proc = run_cli("mobilenet_pl.train", f"ckpt_path={tmp_path / 'cut.ckpt'}", "logger=none", cwd=tmp_path)
-    assert proc.returncode == 2 and "refused for safety" in proc.stderr
+    assert proc.returncode == 2 and "is not allowed: the file is truncated or corrupt" in proc.stderr
 
 
 def test_wandb_unreachable_training_goes_on_and_logs_locally(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mobilenet_pl.app.ddp_job import EVAL_CHECKS_ENV, hand_on_eval_checks, take_eval_checks
-from mobilenet_pl.lit import data as data_module
 from mobilenet_pl.lit.data import (
     IGNORE_INDEX,
     CorruptImageError,
@@ -28,8 +27,10 @@ from mobilenet_pl.lit.data import (
     ImageDataModule,
     ImageFolderDataModule,
     ImageFolderSplit,
+    eval_checks,
 )
-from mobilenet_pl.lit.images import UnreadableImage, load_rgb
+from mobilenet_pl.lit.data import folder as image_folder
+from mobilenet_pl.lit.data.images import UnreadableImage, load_rgb
 
 SMALL_RUN = ["resolution=32", "width=0.25", "logger=none", "data.batch_size=4", "data.num_workers=0", *FAST]
 
@@ -245,7 +246,7 @@ def test_a_checked_evaluation_folder_is_not_decoded_again(
 ) -> None:
     """The next job of a multirun and the DDP ranks Lightning launches (handed the first process's checks
     in the environment) get the same evaluation split reading only the files found unreadable."""
-    monkeypatch.setattr(data_module, "_CHECKED_FOLDERS", {})
+    monkeypatch.setattr(eval_checks, "_CHECKED_FOLDERS", {})
     monkeypatch.setenv(EVAL_CHECKS_ENV, "")  # restored after the test
     root = make_image_folder(tmp_path / "images", classes=2, per_class=4)
     broken = root / "val" / "class_1" / "img_2.jpg"
@@ -257,9 +258,9 @@ def test_a_checked_evaluation_folder_is_not_decoded_again(
     hand_on_eval_checks()  # what the first process does before Lightning launches the other ranks
 
     decoded: list[str] = []
-    read_error = data_module._read_error
-    monkeypatch.setattr(data_module, "_read_error", lambda path: decoded.append(path) or read_error(path))
-    monkeypatch.setattr(data_module, "_CHECKED_FOLDERS", {})  # a launched rank starts with none
+    read_error = image_folder._read_error
+    monkeypatch.setattr(image_folder, "_read_error", lambda path: decoded.append(path) or read_error(path))
+    monkeypatch.setattr(eval_checks, "_CHECKED_FOLDERS", {})  # a launched rank starts with none
     take_eval_checks()
     with caplog.at_level(logging.WARNING, logger="mobilenet_pl"):
         again = ImageFolderDataModule(root=str(root), resolution=32)
@@ -280,17 +281,17 @@ def test_an_image_that_failed_to_read_once_is_read_again_by_the_next_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A passing read error (a network file system's hiccup) costs one job that image, not every later one."""
-    monkeypatch.setattr(data_module, "_CHECKED_FOLDERS", {})
+    monkeypatch.setattr(eval_checks, "_CHECKED_FOLDERS", {})
     root = make_image_folder(tmp_path / "images", classes=2, per_class=2)
     flaky = str(root / "val" / "class_0" / "img_1.jpg")
-    read_error = data_module._read_error
+    read_error = image_folder._read_error
     monkeypatch.setattr(
-        data_module, "_read_error", lambda path: UnreadableImage("EIO") if path == flaky else read_error(path)
+        image_folder, "_read_error", lambda path: UnreadableImage("EIO") if path == flaky else read_error(path)
     )
     first = ImageFolderDataModule(root=str(root), resolution=32)
     first.setup("fit")
     assert _eval_split(first)[1] == [flaky]
-    monkeypatch.setattr(data_module, "_read_error", read_error)  # the file system is fine again
+    monkeypatch.setattr(image_folder, "_read_error", read_error)  # the file system is fine again
     second = ImageFolderDataModule(root=str(root), resolution=32)
     second.setup("fit")
     samples, skipped = _eval_split(second)
@@ -301,10 +302,10 @@ def test_an_image_that_failed_to_read_once_is_read_again_by_the_next_job(
 def test_handed_on_checks_that_are_not_ours_are_ignored(
     text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data_module, "_CHECKED_FOLDERS", {})
+    monkeypatch.setattr(eval_checks, "_CHECKED_FOLDERS", {})
     monkeypatch.setenv(EVAL_CHECKS_ENV, text)
     take_eval_checks()
-    assert data_module._CHECKED_FOLDERS == {}
+    assert eval_checks._CHECKED_FOLDERS == {}
     root = make_image_folder(tmp_path / "images", classes=2, per_class=2)
     corrupt(root / "val" / "class_0", ["img_0.jpg"])
     datamodule = ImageFolderDataModule(root=str(root), resolution=32)
@@ -314,6 +315,6 @@ def test_handed_on_checks_that_are_not_ours_are_ignored(
 
 def test_checks_too_large_for_the_environment_are_not_handed_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(EVAL_CHECKS_ENV, "{}")  # a previous job's
-    monkeypatch.setattr(data_module, "_CHECKED_FOLDERS", {"d": [f"{'x' * 400}{i}.jpg" for i in range(100)]})
+    monkeypatch.setattr(eval_checks, "_CHECKED_FOLDERS", {"d": [f"{'x' * 400}{i}.jpg" for i in range(100)]})
     hand_on_eval_checks()
     assert EVAL_CHECKS_ENV not in os.environ  # the launched ranks check the folders themselves

@@ -118,9 +118,10 @@ def test_checkpoint_hyperparameters_that_cannot_work_are_one_line(
     assert eval_main([f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
-    assert export_main([f"ckpt_path={ckpt}", "format=torchscript", "check=false"]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    if "ema_decay" not in expected:  # export reads the weights only, never the training recipe
+        assert export_main([f"ckpt_path={ckpt}", "format=torchscript", "check=false"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
 
 
 def test_a_checkpoint_that_agrees_with_itself_loads(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def test_a_refused_evaluation_leaves_its_run_dir_as_it_was(
     before = snapshot(run_dir)
     assert ".hydra/overrides.yaml" in before and "results.json" in before
     line = refused(eval_main, [f"ckpt_path={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={run_dir}"], capsys)
-    assert "no such checkpoint file" in line
+    assert "missing.ckpt" in line and "is not allowed" in line
     assert snapshot(run_dir) == before
 
 

@@ -1,6 +1,6 @@
 """JPEG decoding and ImageNet augmentation on the training device (``data.decode_on=device``).
 
-DataLoader workers only read file bytes: ``data.ImageFolderSplit`` with ``set_encoded(True)`` returns
+DataLoader workers only read file bytes: ``folder.ImageFolderSplit`` with ``set_encoded(True)`` returns
 ``(EncodedImage, label)`` (:func:`read_encoded`), and :func:`collate_encoded` stacks a batch into an
 :class:`EncodedBatch` (a list of variable-length byte tensors, because JPEGs differ in length, plus a label
 tensor). After Lightning moves the batch, :class:`DeviceAugment` decodes all JPEGs in one
@@ -34,7 +34,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
-from mobilenet_pl.lit.images import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, load_rgb
+from mobilenet_pl.lit.data.images import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, load_rgb
 
 # JPEG start-of-frame markers nvJPEG and libjpeg-turbo both decode: baseline, extended, progressive Huffman
 _DEVICE_SOF = {0xC0, 0xC1, 0xC2}

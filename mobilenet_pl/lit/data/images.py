@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-# shared by the workers path (lit/data.py) and the device path (lit/device_decode.py)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# timm's constants, shared by the workers path (transforms.py) and the device path (device_decode.py)
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 IGNORE_INDEX = -100  # label of padding samples; F.cross_entropy's default ignore_index
 
 # the largest value of an integer image's full range, by PIL mode; 8-bit modes need no scaling
