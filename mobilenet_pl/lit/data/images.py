@@ -61,19 +61,47 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> Image.Image:
     return to_rgb8(image)
 
 
+# a float image whose largest value is at most this is on the [0, 1] scale (a little overshoot from resampling
+# or HDR export is clipped to white); from FLOAT_255_MIN on it is on the [0, 255] scale; between, it is refused
+FLOAT_UNIT_MAX = 1.1
+FLOAT_255_MIN = 16.0
+# alpha is composited over white, as image viewers and browsers show a transparent background
+BACKGROUND = (255, 255, 255, 255)
+
+
 def to_rgb8(image: Image.Image) -> Image.Image:
-    """8-bit RGB with the image's full range kept: 16-bit integers are divided by 257, floats in [0, 1]
-    multiplied by 255 (floats in [0, 255] kept); anything else is refused rather than clipped."""
-    if image.mode not in _INTEGER_RANGE and image.mode != "F":
+    """8-bit RGB with the image's intended brightness: 16-bit integers are divided by 257, float images on
+    the [0, 1] scale (up to `FLOAT_UNIT_MAX`) multiplied by 255, floats on the [0, 255] scale kept; alpha
+    (RGBA, LA, a palette or grey/RGB image with a transparent colour) is composited over white; palette,
+    CMYK, YCbCr and 1-bit images are converted by PIL. Values with no clear meaning (negative, past 255,
+    a float range that is neither scale, NaN) and modes PIL cannot convert are `UnreadableImage`, naming the
+    mode and range: never clipped or read as black."""
+    mode = image.mode
+    if mode in _INTEGER_RANGE or mode == "F":
+        return _scaled_gray(image)
+    try:
+        if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND), rgba).convert("RGB")
         return image.convert("RGB")
+    except (ValueError, OSError) as err:  # e.g. LAB or HSV, which PIL cannot convert to RGB
+        raise UnreadableImage(f"pixel mode {mode} cannot be read as RGB ({err})") from err
+
+
+def _scaled_gray(image: Image.Image) -> Image.Image:
     pixels = np.asarray(image, dtype=np.float64)
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
     if image.mode == "F":
-        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
-            raise UnreadableImage(f"float pixels in [{pixels.min():g}, {pixels.max():g}]; expected [0, 1] or [0, 255]")
-        scale = 255.0 if pixels.max() <= 1.0 else 1.0
+        if not np.isfinite(pixels).all():
+            raise UnreadableImage("float pixels hold NaN or infinity")
+        if low < 0 or high > 255 or FLOAT_UNIT_MAX < high < FLOAT_255_MIN:
+            raise UnreadableImage(
+                f"float pixels in [{low:g}, {high:g}]: neither the [0, 1] nor the [0, 255] scale; rescale the file"
+            )
+        scale = 255.0 if high <= FLOAT_UNIT_MAX else 1.0
     else:
-        if pixels.min() < 0 or pixels.max() > _INTEGER_RANGE[image.mode]:
-            raise UnreadableImage(f"integer pixels in [{pixels.min():g}, {pixels.max():g}]; expected 16-bit values")
+        if low < 0 or high > _INTEGER_RANGE[image.mode]:
+            raise UnreadableImage(f"integer pixels in [{low:g}, {high:g}]; expected 16-bit values")
         scale = 255.0 / _INTEGER_RANGE[image.mode]
     gray = np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
     return Image.fromarray(gray).convert("RGB")
