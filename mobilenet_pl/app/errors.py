@@ -19,6 +19,7 @@ from types import ModuleType
 from mobilenet_pl.models.checks import first_line
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 # the optional extras of pyproject.toml, by the module that needs them
 EXTRA_OF_MODULE = {
     "onnx": "export",
@@ -139,9 +140,15 @@ def one_line(err: BaseException) -> str:
 
 @contextlib.contextmanager
 def error_boundary() -> Iterator[None]:
-    """Expected failures become one ``error:`` line on stderr and exit status 2."""
+    """Expected failures become one ``error:`` line on stderr and exit status 2; Ctrl-C outside a training or
+    test stage (where it saves last.ckpt as SIGTERM does) one ``interrupted`` line and status 130."""
     try:
         yield
+    except KeyboardInterrupt:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print("interrupted (Ctrl-C): stopped; files written before it are kept", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except Exception as err:
         reported = _expected(err)
         if reported is None or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -145,6 +145,49 @@ class CheckpointOnSigterm(L.Callback):
 
     def __init__(self) -> None:
         self._saved_step: int | None = None
+        self._signal = signal.SIGTERM  # the signal that stopped the run: SIGINT (Ctrl-C) takes the same path
+        self._previous_sigint: Any = None
+
+    # -- Ctrl-C: SIGINT is handed to Lightning's SIGTERM handler while a stage runs, so a KeyboardInterrupt
+    # never lands in the middle of a step or a checkpoint write (which left a temporary file) ------------
+    def _route_sigint(self, trainer: L.Trainer) -> None:
+        import threading
+
+        term = signal.getsignal(signal.SIGTERM)
+        if self._previous_sigint is not None or not callable(term):
+            return
+        if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+            return
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            self._signal = signal.SIGINT
+            term(signal.SIGTERM, frame)  # Lightning's handler: stop after the current batch, as on SIGTERM
+
+        self._previous_sigint = signal.signal(signal.SIGINT, on_sigint)
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    # (after Lightning installs its SIGTERM handler, which happens after on_fit_start)
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._route_sigint(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._route_sigint(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._route_sigint(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_sigint()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -153,16 +196,17 @@ class CheckpointOnSigterm(L.Callback):
             self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
         if not isinstance(exception, SIGTERMException):
             return
-        exception.code = 128 + signal.SIGTERM  # SystemExit's status; Lightning's is None (0: "finished")
+        exception.code = 128 + self._signal  # SystemExit's status; Lightning's is None (0: "finished")
         if trainer.state.fn == TrainerFn.FITTING:
             if self._saved_step != trainer.global_step:  # interrupted outside a training batch: validation
                 self._save(trainer)
         elif trainer.is_global_zero:
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or "<checkpoint>"
             print(
-                f"received SIGTERM during {_stage(trainer)}: stopped, no results written; "
+                f"received {self._signal.name} during {_stage(trainer)}: stopped, no results written; "
                 f"evaluate with python -m mobilenet_pl.eval ckpt_path={best} split=test",
                 file=sys.stderr,
                 flush=True,
@@ -175,10 +219,25 @@ class CheckpointOnSigterm(L.Callback):
         self._saved_step = trainer.global_step
         if trainer.is_global_zero:
             print(
-                f"received SIGTERM during {_stage(trainer)}: saved {path} (epoch {trainer.current_epoch}, "
-                f"step {trainer.global_step}); resume with ckpt_path={path}",
+                f"received {self._signal.name} during {_stage(trainer)}: saved {path} (epoch "
+                f"{trainer.current_epoch}, step {trainer.global_step}); resume with ckpt_path={path}"
+                f"{_resume_command(path)}",
                 flush=True,
             )
+
+
+def _resume_command(path: Path) -> str:
+    """``: python -m PACKAGE.MODULE ARGS ckpt_path=PATH``, the command line of this process with the checkpoint
+    added (a command started with ``python -m``); empty where the command cannot be told."""
+    import shlex
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is None or not spec.name:
+        return ""
+    # (the app's runner adds hydra.output_subdir=null for Hydra: it saves the run's record itself)
+    args = [a for a in sys.argv[1:] if not a.startswith(("ckpt_path=", "+ckpt_path=", "hydra.output_subdir="))]
+    return f": python -m {spec.name} {shlex.join([*args, f'ckpt_path={path}'])}"
 
 
 def _stage(trainer: L.Trainer) -> str:
