@@ -63,7 +63,10 @@ def train(
     module = build_module(cfg, datamodule)
     if resume is not None:  # ckpt_path and an auto-resumed last.ckpt get the same checks
         key = "ckpt_path" if cfg.ckpt_path else "auto_resume"
-        check_resume_checkpoint(key, resume, module.hparams)
+        settings = {"trainer.max_epochs": cfg.trainer.get("max_epochs"), "data.batch_size": cfg.data.batch_size}
+        changed = check_resume_checkpoint(key, resume, module.hparams, datamodule, settings)
+        if changed:
+            print(f"resuming {resume} with changed settings: {', '.join(changed)}", flush=True)
     save_run_record()  # the run is accepted: only now its .hydra/ record may replace an earlier run's
     logger = build_logger(cfg, run_dir, wandb_group)
     callbacks = build_callbacks(cfg.callbacks, run_dir / "checkpoints", with_logger=logger is not None)

@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from mobilenet_pl.app.errors import ConfigError
 from mobilenet_pl.models.checks import is_finite_number
-from mobilenet_pl.models.hparams import DATA_KEYS
+from mobilenet_pl.models.hparams import DATA_KEYS, RUN_SETTINGS_KEY
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
 from mobilenet_pl.models.weights import describe, read_weights
 
@@ -508,10 +508,38 @@ def check_known_keys(tool: str, cfg: DictConfig) -> None:
             )
 
 
-def check_resume_checkpoint(key: str, path: str, hparams: Any) -> None:
-    """``path`` is a safe training checkpoint of the model this run builds (``hparams``): the same checks for
-    ``ckpt_path`` and for the ``last.ckpt`` an auto-resume picks up. The reader has checked that the file's
-    weights fit its own hyperparameters, so equal hyperparameters mean weights that fit this run's model."""
+# What a resumed run may not change, and why (docs/reliability.md has the table of every key)
+RESUME_WHY = {
+    "model": "the checkpoint's weights are another network's",
+    "data": "it would change the data partition: images the checkpoint trained on could land in val or test",
+    "labels": "the checkpoint's classifier outputs mean the checkpoint's classes",
+}
+# hyperparameters a resumed run may change: used, and printed as changed
+RESUME_MAY_CHANGE = {
+    "label_smoothing": "recipe.label_smoothing",
+    "mixup": "recipe.mixup",
+    "cutmix": "recipe.cutmix",
+    "ema_decay": "recipe.ema_decay",
+    "channels_last": "channels_last",
+    "compile": "compile",
+}
+
+
+def _model_key(name: str) -> str:
+    return "width" if name == "width" else f"model.{name}"
+
+
+def check_resume_checkpoint(
+    key: str, path: str, hparams: Any, datamodule: Any = None, settings: dict[str, Any] | None = None
+) -> list[str]:
+    """``path`` is a safe training checkpoint of what this run is (``hparams``, ``datamodule``): the same checks
+    for ``ckpt_path`` and for the ``last.ckpt`` an auto-resume picks up. Refused in one line naming the key and
+    both values: another model (any ``model.*``, ``width``, ``resolution``, classes, channels), another data
+    partition (source, root, split fractions, split seed; `ImageDataModule.partition`), other class names.
+    Returns the keys that may change and did (``recipe.label_smoothing 0.1 -> 0.2``, and the run ``settings``
+    such as ``trainer.max_epochs`` the checkpoint recorded), for the run to print."""
+    import torch
+
     saved = read_weights(path, key=key, checkpoint=True).hparams or {}
     ours = {"model": dict(hparams["model"]), **{k: hparams[k] for k in DATA_KEYS}}
     same = all(saved["model"].get(k) == ours["model"].get(k) for k in ("name", "width")) and all(
@@ -521,3 +549,46 @@ def check_resume_checkpoint(key: str, path: str, hparams: Any) -> None:
         raise ConfigError(
             f"{key}={path!r} is not allowed: it holds {describe(saved)}; this run builds {describe(ours)}"
         )
+
+    def refuse(config_key: str, new: Any, old: Any, why: str) -> ConfigError:
+        return ConfigError(
+            f"{key}={path!r} is not allowed: {config_key}={new!r} differs from the checkpoint's {old!r}; "
+            f"{RESUME_WHY[why]}. Resume with the checkpoint's value, or start a new run from its weights "
+            f"(model.pretrained={path})"
+        )
+
+    for name in sorted(set(saved["model"]) | set(ours["model"])):
+        if saved["model"].get(name) != ours["model"].get(name):
+            raise refuse(_model_key(name), ours["model"].get(name), saved["model"].get(name), "model")
+    if saved.get("resolution") is not None and saved.get("resolution") != hparams.get("resolution"):
+        raise refuse("resolution", hparams.get("resolution"), saved.get("resolution"), "model")
+    if ((saved.get("ema_decay") or 0) > 0) != ((hparams.get("ema_decay") or 0) > 0):  # EMA weights or none
+        raise refuse("recipe.ema_decay", hparams.get("ema_decay"), saved.get("ema_decay"), "model")
+    old_names, new_names = saved.get("class_names"), hparams.get("class_names")
+    if old_names and new_names and list(old_names) != list(new_names):
+        first = next((i for i, (a, b) in enumerate(zip(old_names, new_names, strict=False)) if a != b), len(old_names))
+        old_name = old_names[first] if first < len(old_names) else None
+        new_name = new_names[first] if first < len(new_names) else None
+        raise refuse(f"class {first} (the data's class names)", new_name, old_name, "labels")
+    raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if datamodule is not None and hasattr(datamodule, "partition"):
+        recorded: dict[str, Any] = next(
+            (v["partition"] for v in raw.values() if isinstance(v, dict) and isinstance(v.get("partition"), dict)),
+            {},
+        )
+        current = datamodule.partition()
+        for name in recorded:  # a checkpoint of an older version recorded none: nothing to compare
+            if recorded[name] != current.get(name):
+                raise refuse(name, current.get(name), recorded[name], "data")
+    changed = [
+        f"{config_key} {saved.get(name)!r} -> {hparams.get(name)!r}"
+        for name, config_key in RESUME_MAY_CHANGE.items()
+        if name in saved and saved.get(name) != hparams.get(name)
+    ]
+    run_settings = raw.get(RUN_SETTINGS_KEY) if isinstance(raw.get(RUN_SETTINGS_KEY), dict) else {}
+    changed += [
+        f"{name} {run_settings[name]!r} -> {value!r}"
+        for name, value in (settings or {}).items()
+        if name in run_settings and run_settings[name] != value
+    ]
+    return changed

@@ -26,7 +26,7 @@ from mobilenet_pl.lit import lightning_internals
 from mobilenet_pl.lit.data.images import IGNORE_INDEX
 from mobilenet_pl.lit.optim import build_optimizer, build_scheduler, check_config, default_optimizer, scaled_lr
 from mobilenet_pl.models import create_model
-from mobilenet_pl.models.hparams import model_hparams
+from mobilenet_pl.models.hparams import RUN_SETTINGS_KEY, model_hparams
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE, check_fraction, check_positive, check_whole
 from mobilenet_pl.models.weights import read_weights
 
@@ -285,6 +285,16 @@ class MobileNetClassifier(L.LightningModule):
         if isinstance(checkpoint_path, (str, Path)):
             read_weights(checkpoint_path, key="checkpoint_path", checkpoint=True)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the run settings a resumed run may change, so that it can say which it changed."""
+        trainer = self._trainer
+        if trainer is not None:
+            datamodule = getattr(trainer, "datamodule", None)
+            checkpoint[RUN_SETTINGS_KEY] = {
+                "trainer.max_epochs": trainer.max_epochs,
+                "data.batch_size": getattr(datamodule, "batch_size", None),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """On resume the optimizer and scheduler state come from the checkpoint, so a changed

@@ -21,6 +21,8 @@ StateDict = dict[str, Tensor]
 # Hyperparameters the data set decides; they sit next to the ``model`` dict, not in it.
 DATA_KEYS = ("num_classes", "in_chans")
 _EMA_PREFIX = "ema.module."
+# where a training checkpoint records the run settings a resumed run may change (trainer.max_epochs, ...)
+RUN_SETTINGS_KEY = "mobilenet_pl_run"
 
 
 def architecture_defaults() -> dict[str, Any]:

@@ -51,18 +51,25 @@ class ImageDataModule(L.LightningDataModule):
         self.device_augment: dict[bool, Any] | None = None  # DeviceAugment for training (True) and evaluation
         self.resume_at = {"epoch": 0, "samples": 0}  # where the training sampler starts (load_state_dict)
 
+    def partition(self) -> dict[str, Any]:
+        """What decides which image lands in train, val or test, keyed by the app's config keys: saved in
+        every checkpoint (`state_dict`) so that a resumed run can refuse another partition (images the
+        checkpoint trained on landing in the new val or test split). Subclasses add their own keys."""
+        return {"data": type(self).__name__, "seed": self.seed}
+
     def state_dict(self) -> dict[str, Any]:
         """The training sampler's position, saved in every checkpoint so that a resumed run draws the same
-        batches as an uninterrupted one: the epoch, and the samples this rank has drawn in it so far."""
+        batches as an uninterrupted one: the epoch, and the samples this rank has drawn in it so far; and the
+        data `partition`."""
         trainer = self.trainer
         if trainer is None:
-            return {}
+            return {"partition": self.partition()}
         # (no public API for the loop's position: lightning_internals.train_position)
         epoch, completed = lightning_internals.train_position(trainer)
         # an epoch's end: Lightning resumes with the next epoch (``epoch`` counts this one); mid-epoch
         # (SIGTERM): the same epoch, after the batches done
         batches = 0 if trainer.is_last_batch else completed
-        return {"epoch": epoch, "samples": int(batches * self.batch_size)}
+        return {"epoch": epoch, "samples": int(batches * self.batch_size), "partition": self.partition()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.resume_at = {"epoch": int(state_dict.get("epoch", 0)), "samples": int(state_dict.get("samples", 0))}

@@ -37,6 +37,9 @@ class CIFARDataModule(ImageDataModule):
         self.name, self.root, self.download, self.randaugment = name, Path(root).expanduser(), download, randaugment
         self.num_classes = 10 if name == "cifar10" else 100
 
+    def partition(self) -> dict[str, Any]:
+        return {**super().partition(), "data.name": self.name}
+
     def _dataset(self, train: bool, transform: Any) -> Any:
         from torchvision import datasets
 

@@ -51,6 +51,9 @@ class DigitsDataModule(ImageDataModule):
         self.augment = augment
         self.class_names = [str(i) for i in range(10)]
 
+    def partition(self) -> dict[str, Any]:
+        return {**super().partition(), **self.fractions}
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

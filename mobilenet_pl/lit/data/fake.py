@@ -30,6 +30,10 @@ class FakeDataModule(ImageDataModule):
         self.sizes = (train_size, val_size, test_size)
         self.class_names = [f"class_{i}" for i in range(num_classes)]
 
+    def partition(self) -> dict[str, Any]:
+        sizes = dict(zip(("data.train_size", "data.val_size", "data.test_size"), self.sizes, strict=True))
+        return {**super().partition(), **sizes}
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

@@ -191,6 +191,11 @@ class ImageFolderDataModule(ImageDataModule):
         self.on_corrupt = on_corrupt
         self._scan()
 
+    def partition(self) -> dict[str, Any]:
+        """The folders are the split (train/, val/, test/): the seed only orders the samples."""
+        root = str(self.root.resolve()) if self.root is not None else None
+        return {"data": type(self).__name__, "data.root": root}
+
     def _scan(self) -> None:
         if self.root is None:
             raise ValueError(
