@@ -91,6 +91,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_class_names(cfg.ckpt_path, hp.get("class_names"), list(datamodule.class_names))
     save_run_record()  # checked: only now the run's .hydra/ record is written
     result = evaluate(module, datamodule.split_dataloader(cfg.split), device)
+    # unreadable files are named in the log and left out of the count (never replaced by the next image)
+    skipped = len(getattr(getattr(datamodule, f"{cfg.split}_set", None), "skipped", None) or [])
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     names = list(hp.get("class_names") or [str(i) for i in range(hp["num_classes"])])
@@ -113,6 +115,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 f"{split}/loss": result["loss"],
             },
             "per_class_acc1": dict(zip(names, result["per_class"], strict=True)),
+            "skipped_images": {split: skipped},
             "test_samples": result["samples"],
             "checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()),
             "last_checkpoint": None,
@@ -122,6 +125,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(
         f"{split}: top-1 {100 * result['acc1']:.2f}%  top-5 {100 * result['acc5']:.2f}%  on {result['samples']} images"
     )
+    if skipped:
+        print(f"unreadable   {skipped} image(s) of {split} left out (named above)")
     worst = sorted(zip(result["per_class"], names, strict=True))[:3]
     print("lowest per-class top-1: " + ", ".join(f"{name} {100 * acc:.1f}%" for acc, name in worst))
     print(f"results: {run_dir / 'results.json'}; confusion matrix: {run_dir / 'confusion_matrix.png'}")

@@ -38,9 +38,9 @@ def test_fit_and_test_decode_on_the_device(run_dir: Path, tmp_path: Path, monkey
     calls = {True: 0, False: 0}
     original = device_decode.DeviceAugment.__call__
 
-    def counting(self: device_decode.DeviceAugment, batch: Any) -> Any:
+    def counting(self: device_decode.DeviceAugment, batch: Any, *args: Any) -> Any:
         calls[self.train] += 1
-        return original(self, batch)
+        return original(self, batch, *args)
 
     monkeypatch.setattr(device_decode.DeviceAugment, "__call__", counting)
     overrides = ["data=imagefolder", f"data.root={_folder(tmp_path)}", "data.decode_on=device", *SMALL, *FAST]

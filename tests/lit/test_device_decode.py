@@ -6,8 +6,8 @@ torchvision's ``RandomResizedCrop.get_params`` for the crop distribution.
 
 from __future__ import annotations
 
+import logging
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -231,17 +231,18 @@ def test_deterministic_under_a_seed(folder: Path) -> None:
     assert torch.equal(epoch1, resumed(batch)[0]) and not torch.equal(epoch1, first[0])
 
 
-def test_undecodable_jpeg_is_named_and_ignored(folder: Path, tmp_path: Path) -> None:
+def test_undecodable_jpeg_is_named_and_ignored(folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     good = _rgb_jpegs(folder)[0]
     data = good.read_bytes()
     broken = tmp_path / "no_scan.jpg"
     broken.write_bytes(data[: data.index(b"\xff\xda")] + b"\xff\xd9")  # headers fine, no image data
     assert device_decodable(broken.read_bytes())
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out, labels = DeviceAugment(32, train=False)(_batch([good, broken]))
+    with caplog.at_level(logging.WARNING):  # logged by name, as the workers path does (not a UserWarning)
+        augment = DeviceAugment(32, train=False)
+        out, labels = augment(_batch([good, broken]), "validate")
     assert labels.tolist() == [0, IGNORE_INDEX]
-    assert any("no_scan.jpg" in str(w.message) for w in caught)
+    assert any("no_scan.jpg" in record.getMessage() for record in caplog.records)
+    assert augment.failed == {"validate": 1}  # counted in the run's skipped_images
     expected = pil_transforms(32, train=False)(Image.open(good).convert("RGB"))
     assert (out[0] - expected).abs().mean() < 0.02  # the good image of the batch is untouched
 

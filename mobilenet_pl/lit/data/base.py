@@ -121,7 +121,8 @@ class ImageDataModule(L.LightningDataModule):
         augment = self.device_augment[training]
         if training and augment.epoch != trainer.current_epoch:  # type: ignore[union-attr]
             augment.set_epoch(trainer.current_epoch)  # type: ignore[union-attr]
-        return augment(batch)
+        stage = trainer.state.stage if trainer is not None else None
+        return augment(batch, stage.value if stage is not None else ("train" if training else "test"))
 
     def train_dataloader(self) -> DataLoader[Any]:
         return self._loader(self.train_set, train=True)

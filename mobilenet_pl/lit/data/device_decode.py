@@ -21,8 +21,8 @@ worker's header check but still fails to decode on the device is named and its b
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,11 +34,21 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
-from mobilenet_pl.lit.data.images import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, load_rgb
+from mobilenet_pl.lit.data.images import (
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CorruptImageError,
+    UnreadableImage,
+    display_name,
+    load_rgb,
+)
 
 # JPEG start-of-frame markers nvJPEG and libjpeg-turbo both decode: baseline, extended, progressive Huffman
 _DEVICE_SOF = {0xC0, 0xC1, 0xC2}
 _OTHER_SOF = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # lossless, hierarchical, arithmetic
+
+log = logging.getLogger(__name__)
 
 
 class EncodedImage(NamedTuple):
@@ -252,6 +262,9 @@ class DeviceAugment:
         self.max_padded_pixels = max_padded_pixels
         self.scale, self.ratio = scale, ratio
         self.seed, self.generator = seed, torch.Generator()
+        self.decoded = 0  # images decoded so far; files that failed, by stage (train, validate, test, ...)
+        self.failed: dict[str, int] = {}
+        self.first_failure: str | None = None
         self.set_epoch(0)
         # (x / 255 - mean) / std as one multiply-add
         self.gain = torch.tensor([1 / (255 * s) for s in std]).view(1, -1, 1, 1)
@@ -265,8 +278,12 @@ class DeviceAugment:
         digest = hashlib.blake2b(f"{self.seed},{epoch}".encode(), digest_size=4).digest()
         self.generator.manual_seed(int.from_bytes(digest, "big"))
 
-    def decode(self, batch: EncodedBatch, device: torch.device) -> tuple[list[Tensor], Tensor]:
-        """uint8 CHW images on ``device`` and the labels, with undecodable files' labels set to IGNORE_INDEX."""
+    def decode(self, batch: EncodedBatch, device: torch.device, stage: str = "train") -> tuple[list[Tensor], Tensor]:
+        """uint8 CHW images on ``device`` and the labels, with undecodable files' labels set to IGNORE_INDEX.
+
+        An undecodable file is logged by name (as the workers path does) and counted in ``failed[stage]``
+        (the run's ``skipped_images``); a batch with no decodable image while nothing was decoded yet stops the
+        run with `CorruptImageError` (every image so far is broken: a data error, not a NaN loss)."""
         images: list[Tensor | None] = [None] * len(batch)
         jpegs = [i for i, data in enumerate(batch.images) if data.dim() == 1]
         labels = batch.labels.to(device)
@@ -275,29 +292,44 @@ class DeviceAugment:
             try:
                 decoded = decode_jpeg([batch.images[i] for i in jpegs], mode=ImageReadMode.RGB, device=decode_device)
             except RuntimeError:  # one bad file fails the whole call: decode one by one to find it
-                decoded = [self._decode_one(batch, i, decode_device) for i in jpegs]
+                decoded = [self._decode_one(batch, i, decode_device, stage) for i in jpegs]
             for i, image in zip(jpegs, decoded, strict=True):
                 images[i] = image
         for i, data in enumerate(batch.images):
             if data.dim() == 3:
                 images[i] = data
         bad = [i for i, image in enumerate(images) if image is None]
+        self.decoded += len(images) - len(bad)
+        if bad and len(bad) == len(images) and self.decoded == 0:
+            raise CorruptImageError(
+                f"no image could be decoded: all {self.failed_total()} read so far are corrupt (first: "
+                f"{self.first_failure}); check the data, or decode with PIL (data.decode_on=workers)"
+            )
         if bad:
             labels = labels.clone()
             labels[bad] = IGNORE_INDEX
         filler = torch.zeros(3, 1, 1, dtype=torch.uint8)
         return [(filler if image is None else image).to(device, non_blocking=True) for image in images], labels
 
-    def _decode_one(self, batch: EncodedBatch, i: int, device: str | torch.device) -> Tensor | None:
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+    def _decode_one(self, batch: EncodedBatch, i: int, device: str | torch.device, stage: str) -> Tensor | None:
         try:
             return decode_jpeg(batch.images[i], mode=ImageReadMode.RGB, device=device)
         except RuntimeError as err:
             reason = str(err).splitlines()[-1].split(", ")[-1][:120]  # drop the C++ source location
-            warnings.warn(
-                f"skipping corrupt image {batch.paths[i]} (decode_jpeg: {reason}); "
-                f"its label is set to {IGNORE_INDEX} so loss and metrics ignore it",
-                stacklevel=3,
+            name = display_name(batch.paths[i])
+            # logging, not warnings: named once per file and read, as the workers path does (-W ignore cannot hide it)
+            log.warning(
+                "skipping corrupt image %s (decode_jpeg: %s); its label is set to %d so loss and metrics ignore it",
+                name,
+                reason,
+                IGNORE_INDEX,
             )
+            self.failed[stage] = self.failed.get(stage, 0) + 1
+            if self.first_failure is None:
+                self.first_failure = f"{name}: {reason}"
             return None
 
     def boxes(self, sizes: Tensor) -> tuple[Tensor, Tensor]:
@@ -310,9 +342,9 @@ class DeviceAugment:
             flips = torch.zeros(len(sizes), dtype=torch.bool)
         return boxes, flips
 
-    def __call__(self, batch: EncodedBatch) -> tuple[Tensor, Tensor]:
+    def __call__(self, batch: EncodedBatch, stage: str = "train") -> tuple[Tensor, Tensor]:
         device = batch.labels.device
-        images, labels = self.decode(batch, device)
+        images, labels = self.decode(batch, device, stage)
         sizes = torch.tensor([tuple(image.shape[-2:]) for image in images])
         boxes, flips = self.boxes(sizes)
         batched = self.resample == "batched" or (self.resample == "auto" and device.type == "cuda")

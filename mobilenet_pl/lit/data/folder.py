@@ -18,7 +18,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from mobilenet_pl.lit.data.base import ImageDataModule
 from mobilenet_pl.lit.data.eval_checks import folder_key, remember, unreadable_at_last_check
-from mobilenet_pl.lit.data.images import UnreadableImage, display_name, load_rgb
+from mobilenet_pl.lit.data.images import CorruptImageError, UnreadableImage, display_name, load_rgb
 from mobilenet_pl.lit.data.transforms import pil_transforms
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,6 @@ def _read_error(path: str) -> UnreadableImage | None:
     except UnreadableImage as err:
         return err
     return None
-
-
-class CorruptImageError(ValueError):
-    """An unreadable image with ``data.on_corrupt=error``, or an evaluation image that broke after its check."""
 
 
 class ImageFolderSplit(ImageFolder):
@@ -280,7 +276,25 @@ class ImageFolderDataModule(ImageDataModule):
         train = torch.tensor(0)
         if isinstance(self.train_set, ImageFolderSplit):
             train += int(self.train_set.replaced.value)
+        augment = self.device_augment or {}
+        if True in augment:  # JPEGs the device could not decode (their labels were ignored)
+            train += int(augment[True].failed.get("train", 0))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(train)
         val, test = (getattr(split, "skipped", []) for split in (self.val_set, self.test_set))
-        return {"train": int(train), "val": len(val), "test": len(test)}
+        failed = augment[False].failed if False in augment else {}
+        return {
+            "train": int(train),
+            "val": len(val) + int(failed.get("validate", 0)),
+            "test": len(test) + int(failed.get("test", 0)),
+        }
+
+    def split_dataloader(self, split: str) -> DataLoader[Any]:
+        """As every loader of ``split`` in a fixed order; the training split, evaluated (``eval split=train``),
+        is checked as val and test are: its unreadable files are named and left out, never replaced by the
+        next image (which counted that image twice, under the wrong label)."""
+        dataset = getattr(self, f"{split}_set", None)
+        if split == "train" and isinstance(dataset, ImageFolderSplit) and not dataset.checked:
+            dataset.skipped = dataset._check_all()
+            dataset.checked = True
+        return super().split_dataloader(split)

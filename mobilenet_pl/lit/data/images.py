@@ -28,6 +28,11 @@ class UnreadableImage(Exception):
     """An image file that cannot be decoded (corrupt, truncated, not an image, too large, odd pixel values)."""
 
 
+class CorruptImageError(ValueError):
+    """An unreadable image with ``data.on_corrupt=error``, an evaluation image that broke after its check, or
+    no decodable image at all: a data error the run stops on, naming the file."""
+
+
 def display_name(name: str) -> str:
     """A file or folder name safe for printing, JSON and plots: undecodable bytes become ``\\xNN``."""
     return os.fsencode(name).decode("utf-8", "backslashreplace")
