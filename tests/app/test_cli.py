@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
         (["width=-1"], "error: width=-1.0 is not allowed: width must be a number > 0"),
         (["resolution=16"], "error: resolution=16 is not allowed: resolution must be a whole number >= 32"),
         (["data=imagefolder"], "error: data.root is missing: set data.root=/path/to/images"),
-        (["ckpt_path=/no/such.ckpt"], "error: ckpt_path='/no/such.ckpt' is not allowed: no such checkpoint file"),
+        (["ckpt_path=/no/such.ckpt"], "error: ckpt_path='/no/such.ckpt' is not allowed: the file does not exist"),
         (["width=abc"], "Value 'abc' of type 'str' could not be converted to Float"),
         (["model=v3"], "Could not find 'model/v3'"),
     ],
@@ -95,7 +95,7 @@ def test_eval_cli_reports_exact_samples(tmp_path: Path) -> None:
     assert 0 <= evaluated["metrics"]["test/acc1"] <= 1
     assert next(tmp_path.glob("outputs/eval/*/*/confusion_matrix.png")).stat().st_size > 1000
     missing = run_cli("mobilenet_pl.eval", "ckpt_path=/no/such.ckpt", cwd=tmp_path)
-    assert missing.returncode == 2 and "no such checkpoint file" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "the file does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
 # -- one way in: every tool -------------------------------------------------------------------------------
