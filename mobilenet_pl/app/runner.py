@@ -78,8 +78,28 @@ def _check_composes(name: str, args: Sequence[str]) -> None:
                 raise ConfigError(f"{one_line(err)}; {hint}") from err
             check_run_dir(str(cfg.hydra.run.dir))  # Hydra would make it before the job, with a traceback
             check_known_keys(name, cfg)
+            # a run dir Hydra is about to make (a timestamped default, or a path not there yet) is removed again
+            # if the run is refused and nothing but its lock was written into it
+            unresolved = str(OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir", ""))  # type: ignore[union-attr]
+            _new_run_dir[:] = ["${now:" in unresolved or not Path(str(cfg.hydra.run.dir)).expanduser().exists()]
     finally:
         GlobalHydra.instance().clear()
+
+
+# whether the plain run's dir did not exist before this run (set by `_check_composes`)
+_new_run_dir: list[bool] = []
+LOCK_FILE = ".lock"  # app/run_dir.py's
+
+
+def _remove_if_untouched(run_dir: Path) -> None:
+    """Remove the dir a refused run made, when it holds nothing but that run's lock file: a refused run
+    writes nothing."""
+    try:
+        if {entry.name for entry in run_dir.iterdir()} <= {LOCK_FILE}:
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:  # another run took it meanwhile, or it cannot be read: leave it
+        pass
 
 
 OUTPUT_SUBDIR = "hydra.output_subdir"
@@ -137,6 +157,7 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
     register_schemas()
 
     args, record_subdir = _split_output_subdir(name, args)
+    _new_run_dir.clear()
 
     def checked_task(cfg: DictConfig) -> Any:
         _pending_record.clear()
@@ -147,6 +168,11 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
             result = task(cfg)
             save_run_record()  # a task that did not save it after its checks: the run went through
             return result
+        except BaseException:
+            refused = bool(_pending_record)  # its checks did not pass: the record was never saved
+            if refused and _new_run_dir == [True] and HydraConfig.get().mode != RunMode.MULTIRUN:
+                _remove_if_untouched(Path(HydraConfig.get().runtime.output_dir))
+            raise
         finally:
             _pending_record.clear()
 

@@ -94,3 +94,21 @@ def test_the_record_of_an_accepted_run_is_hydras(finished: Path) -> None:
     hydra_yaml = (record / "hydra.yaml").read_text()
     assert "output_subdir: .hydra" in hydra_yaml and "output_subdir=null" not in hydra_yaml
     assert "width: 0.25" in (record / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("args", [["optimizer.lr=-1"], ["ckpt_path=/nonexistent/last.ckpt"], ["+recipe.typo=1"]])
+def test_a_refused_run_in_a_new_run_dir_leaves_no_dir(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "new" / "run"
+    refused(train_main, [*BASE, f"hydra.run.dir={run_dir}", *args], capsys)
+    assert not run_dir.exists()
+
+
+def test_a_refused_run_leaves_an_existing_empty_dir_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "made_by_the_user"
+    run_dir.mkdir()
+    refused(train_main, [*BASE, f"hydra.run.dir={run_dir}", "optimizer.lr=-1"], capsys)
+    assert run_dir.is_dir()  # not ours to remove
