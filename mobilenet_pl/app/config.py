@@ -585,6 +585,9 @@ def check_resume_checkpoint(
         for name, config_key in RESUME_MAY_CHANGE.items()
         if name in saved and saved.get(name) != hparams.get(name)
     ]
+    old_opt, new_opt = saved.get("optimizer"), hparams.get("optimizer")
+    if isinstance(old_opt, dict) and isinstance(new_opt, dict) and old_opt.get("lr") != new_opt.get("lr"):
+        changed.append(f"optimizer.lr {old_opt.get('lr')!r} -> {new_opt.get('lr')!r}")  # (others are refused)
     run_settings = raw.get(RUN_SETTINGS_KEY) if isinstance(raw.get(RUN_SETTINGS_KEY), dict) else {}
     changed += [
         f"{name} {run_settings[name]!r} -> {value!r}"

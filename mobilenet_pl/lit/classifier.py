@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
@@ -297,15 +298,22 @@ class MobileNetClassifier(L.LightningModule):
             }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """On resume the optimizer and scheduler state come from the checkpoint, so a changed
-        ``optimizer.lr`` (or any of `RESUME_FIXED`) would be silently ignored: refuse instead."""
+        """On resume the optimizer and scheduler state come from the checkpoint, so a changed optimizer or
+        schedule (`RESUME_FIXED`) would be silently ignored: refused instead. A new ``optimizer.lr`` alone is
+        used: the restored optimizer's and schedule's learning rates are rescaled by new / old (the schedule's
+        shape and position are kept)."""
         trainer = self._trainer
         if trainer is None or trainer.state.fn != "fit":
             return
         saved = checkpoint.get("hyper_parameters", {})
         for key in RESUME_FIXED:
             old = saved.get(key) if key == "scale_lr" else check_config(key, saved.get(key))
-            difference = _first_difference(key, old, self.hparams[key])
+            new = self.hparams[key]
+            difference = _first_difference(key, old, new)
+            if difference and key == "optimizer" and isinstance(old, dict) and _only_lr_differs(old, new):
+                _rescale_lr(checkpoint, new["lr"] / old["lr"])
+                rank_zero_info(f"resumed with optimizer.lr {old['lr']!r} -> {new['lr']!r} (the schedule is rescaled)")
+                continue
             if difference:
                 raise ValueError(
                     f"{difference}: resuming restores the checkpoint's optimizer and scheduler, so the new value "
@@ -339,6 +347,29 @@ def _check_arguments(
         or len(class_names) != num_classes
     ):
         raise ValueError(f"class_names must be {num_classes} strings (one per class), got {repr(class_names)[:200]}")
+
+
+def _only_lr_differs(old: Any, new: Any) -> bool:
+    return (
+        isinstance(old, dict)
+        and isinstance(new, dict)
+        and old.get("lr") not in (None, 0)
+        and {k: v for k, v in old.items() if k != "lr"} == {k: v for k, v in new.items() if k != "lr"}
+    )
+
+
+def _rescale_lr(checkpoint: dict[str, Any], ratio: float) -> None:
+    """Multiply every learning rate a checkpoint restores (optimizer groups, schedulers' base and last rates) by
+    ``ratio``, before Lightning restores them from the same dict: the schedule continues at the new scale."""
+    for state in checkpoint.get("optimizer_states", []):
+        for group in state.get("param_groups", []):
+            for name in ("lr", "initial_lr"):
+                if isinstance(group.get(name), (int, float)):
+                    group[name] = group[name] * ratio
+    for state in checkpoint.get("lr_schedulers", []):
+        for name in ("base_lrs", "_last_lr"):
+            if isinstance(state.get(name), list):
+                state[name] = [value * ratio for value in state[name]]
 
 
 def _first_difference(key: str, old: Any, new: Any) -> str | None:

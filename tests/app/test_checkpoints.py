@@ -96,10 +96,28 @@ def test_checkpoint_naming_code_is_refused(attack: str, saved: Path, tmp_path: P
 
 
 # -- resume with a new optimizer.lr --------------------------------------------------------------------------
-def test_resume_with_a_changed_lr_is_refused_naming_the_key(saved: Path, tmp_path: Path) -> None:
-    changed = new_module(optimizer={**OPTIMIZER, "lr": 0.01})
-    with pytest.raises(ValueError, match=r"^optimizer\.lr=0\.01 differs from the resumed checkpoint's 0\.005"):
-        trainer(tmp_path, max_epochs=2).fit(changed, data(), ckpt_path=saved, weights_only=True)
+def test_resume_with_a_changed_lr_rescales_the_schedule_and_other_changes_are_refused(
+    saved: Path, tmp_path: Path
+) -> None:
+
+    restored = torch.load(saved, map_location="cpu", weights_only=True)
+    old_last = restored["lr_schedulers"][0]["_last_lr"]
+    changed = new_module(optimizer={**OPTIMIZER, "lr": 0.01})  # the checkpoint's lr: 0.005
+    fit_changed = trainer(tmp_path, max_epochs=2)
+    seen: list[list[float]] = []
+
+    class FirstLr(L.Callback):
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            seen.append(list(trainer.lr_scheduler_configs[0].scheduler.get_last_lr()))
+
+    fit_changed.callbacks.append(FirstLr())
+    fit_changed.fit(changed, data(), ckpt_path=saved, weights_only=True)
+    assert fit_changed.global_step == 4
+    assert seen[0] == pytest.approx([2 * lr for lr in old_last])  # the schedule goes on, at twice the scale
+    with pytest.raises(ValueError, match=r"^optimizer\.weight_decay=0\.5 differs from the resumed checkpoint's"):
+        trainer(tmp_path, max_epochs=2).fit(
+            new_module(optimizer={**OPTIMIZER, "weight_decay": 0.5}), data(), ckpt_path=saved, weights_only=True
+        )
     with pytest.raises(ValueError, match=r"^scheduler\.warmup_epochs=2 differs"):
         trainer(tmp_path, max_epochs=2).fit(
             new_module(scheduler={**SCHEDULER, "warmup_epochs": 2}), data(), ckpt_path=saved, weights_only=True

@@ -198,8 +198,9 @@ def test_backbone_finetuning_freezes_then_unfreezes(scheduler: str, tmp_path: Pa
     assert changed(conv)
 
 
-def test_resume_with_a_new_lr_stops_with_one_line(trained: tuple[dict, Path], tmp_path: Path) -> None:
-    """Resuming restores the checkpoint's optimizer: a new optimizer.lr would be recorded but not run."""
+def test_resume_with_a_new_optimizer_stops_with_one_line(trained: tuple[dict, Path], tmp_path: Path) -> None:
+    """Resuming restores the checkpoint's optimizer: a new optimizer.weight_decay would be recorded but not run
+    (a new optimizer.lr alone is used: tests/reliability/test_resume_keys.py)."""
     results, _ = trained
     cfg = compose_train(
         [
@@ -207,13 +208,13 @@ def test_resume_with_a_new_lr_stops_with_one_line(trained: tuple[dict, Path], tm
             "width=0.25",
             "data.batch_size=16",
             "logger=none",
-            "optimizer.lr=0.01",
+            "optimizer.weight_decay=0.5",
             f"ckpt_path={results['last_checkpoint']}",
             *FAST,
         ],
         tmp_path,
     )
-    with pytest.raises(ValueError, match=r"^optimizer\.lr=0\.01 differs from the resumed checkpoint's 0\.005"):
+    with pytest.raises(ValueError, match=r"^optimizer\.weight_decay=0\.5 differs from the resumed checkpoint's"):
         train(cfg, tmp_path)
 
 

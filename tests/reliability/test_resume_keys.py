@@ -63,11 +63,22 @@ def test_keys_that_may_change_are_used_and_named(
     digits_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = [f"hydra.run.dir={tmp_path}", f"ckpt_path={digits_ckpt}", "trainer.max_epochs=2"]
-    assert train_main([*BASE, *args, "recipe.label_smoothing=0.2", "data.batch_size=32"]) == 0
+    assert train_main([*BASE, *args, "recipe.label_smoothing=0.2", "data.batch_size=32", "optimizer.lr=0.0123"]) == 0
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("resuming "))
     for change in ("recipe.label_smoothing 0.1 -> 0.2", "trainer.max_epochs 1 -> 2", "data.batch_size 64 -> 32"):
         assert change in line, line
+    assert "optimizer.lr " in line and "-> 0.0123" in line, line  # the restored schedule is rescaled
+
+
+def test_another_optimizer_or_schedule_on_resume_is_refused(
+    digits_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for override in ("optimizer.weight_decay=0.5", "scheduler.warmup_epochs=3"):
+        line = refusal(
+            [f"hydra.run.dir={tmp_path / override.split('=')[0]}", f"ckpt_path={digits_ckpt}", override], capsys
+        )
+        assert f"{override.split('=')[0]}=" in line and "differs from the resumed checkpoint's" in line, line
 
 
 @pytest.mark.slow
