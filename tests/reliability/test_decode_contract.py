@@ -60,7 +60,6 @@ def test_device_decoding_stops_when_no_image_decodes(tmp_path: Path) -> None:
         DeviceAugment(32, train=True)(batch, "train")
 
 
-@pytest.mark.slow
 def test_every_training_jpeg_undecodable_on_the_device_is_a_data_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -75,7 +74,6 @@ def test_every_training_jpeg_undecodable_on_the_device_is_a_data_error(
     assert "NaN" not in lines[0]
 
 
-@pytest.mark.slow
 def test_a_broken_training_jpeg_on_the_device_is_counted_in_skipped_images(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "images", classes=2, per_class=4)
     broken_entropy_jpeg(root / "train" / "class_0" / "img_0.jpg")
@@ -85,7 +83,6 @@ def test_a_broken_training_jpeg_on_the_device_is_counted_in_skipped_images(tmp_p
     assert skipped["train"] == 1, skipped  # one epoch: the file was read once
 
 
-@pytest.mark.slow
 def test_eval_of_the_training_split_leaves_a_corrupt_file_out_and_names_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -81,7 +81,6 @@ def test_another_optimizer_or_schedule_on_resume_is_refused(
         assert f"{override.split('=')[0]}=" in line and "differs from the resumed checkpoint's" in line, line
 
 
-@pytest.mark.slow
 def test_an_image_folder_resumed_with_other_classes_or_another_root_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
