@@ -112,3 +112,9 @@ def test_a_refused_run_leaves_an_existing_empty_dir_in_place(
     run_dir.mkdir()
     refused(train_main, [*BASE, f"hydra.run.dir={run_dir}", "optimizer.lr=-1"], capsys)
     assert run_dir.is_dir()  # not ours to remove
+
+
+def test_a_refused_evaluation_in_a_new_dir_leaves_no_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "eval" / "new"
+    refused(eval_main, [f"ckpt_path={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={run_dir}"], capsys)
+    assert not run_dir.exists()
