@@ -278,6 +278,8 @@ def _check_writable(key: str, path: Path, folder: Path) -> None:
     probe = folder / f".{path.name}.write-check-{os.getpid()}"
     try:
         probe.touch(exist_ok=False)
+    except FileExistsError:  # not ours (never removed): the folder took a file of that name once
+        return
     except OSError as err:
         raise ConfigError(
             f"{key}={str(path)!r} is not allowed: {str(folder)!r} cannot be written ({err.strerror or err})"
