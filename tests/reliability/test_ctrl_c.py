@@ -30,12 +30,22 @@ class SigintAt(L.Callback):
     """Sends this process a real SIGINT (what Ctrl-C sends) after training batch ``batch`` of epoch ``epoch``,
     or (``in_save``) while Lightning is saving a checkpoint."""
 
-    def __init__(self, epoch: int = 0, batch: int = 0, in_save: bool = False) -> None:
-        self.epoch, self.batch, self.in_save = epoch, batch, in_save
+    def __init__(self, epoch: int = 0, batch: int = 0, in_save: bool = False, stage: str = "train") -> None:
+        self.epoch, self.batch, self.in_save, self.stage = epoch, batch, in_save, stage
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        batch_idx = args[3] if len(args) > 3 else kwargs["batch_idx"]
+        at = (trainer.current_epoch, batch_idx) == (self.epoch, self.batch)
+        if self.stage == "validate" and not trainer.sanity_checking and at:
+            os.kill(os.getpid(), signal.SIGINT)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         batch_idx = args[3] if len(args) > 3 else kwargs["batch_idx"]
-        if not self.in_save and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+        if (
+            self.stage == "train"
+            and not self.in_save
+            and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch)
+        ):
             os.kill(os.getpid(), signal.SIGINT)
 
     def on_save_checkpoint(self, trainer: L.Trainer, *args: Any) -> None:
@@ -47,20 +57,23 @@ class SigintAt(L.Callback):
 SIGINT_AT = "+callbacks.sigint_at._target_=test_ctrl_c.SigintAt"
 
 
-@pytest.mark.parametrize("moment", ["mid-epoch", "during a checkpoint save"])
+@pytest.mark.parametrize("moment", ["mid-epoch", "during a checkpoint save", "during validation"])
 def test_sigint_saves_like_sigterm_and_names_the_resume_command(
     moment: str, run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     at = ["+callbacks.sigint_at.epoch=1", "+callbacks.sigint_at.batch=1"]
-    if moment != "mid-epoch":
+    if moment == "during a checkpoint save":
         at.append("+callbacks.sigint_at.in_save=true")
+    if moment == "during validation":
+        at.append("+callbacks.sigint_at.stage=validate")
     cfg = compose_train([*EPOCHS, SIGINT_AT, *at], run_dir)
     with pytest.raises(SystemExit) as stopped:
         train(cfg, run_dir)
     assert stopped.value.code == 128 + signal.SIGINT  # saved, but the run did not finish
     last = run_dir / "checkpoints" / "last.ckpt"
     out = capsys.readouterr().out
-    assert f"received SIGINT during train: saved {last}" in out and f"resume with ckpt_path={last}" in out, out
+    stage = "validate" if moment == "during validation" else "train"
+    assert f"received SIGINT during {stage}: saved {last}" in out and f"resume with ckpt_path={last}" in out, out
     saved = torch.load(last, weights_only=True)
     assert saved["global_step"] == (6 if moment == "mid-epoch" else 8)  # the batch that ran, or the whole epoch
     assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]  # no temporary file
