@@ -16,16 +16,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mobilenet_pl.app.build import build_logger, build_module, collect_results
-from mobilenet_pl.app.callbacks import build_callbacks
 from mobilenet_pl.app.config import check_resume_checkpoint, validate
 from mobilenet_pl.app.ddp_job import (
     DDP_CONFIG_ENV,
@@ -42,9 +39,9 @@ from mobilenet_pl.app.errors import error_boundary
 from mobilenet_pl.app.results import format_summary, write_results
 from mobilenet_pl.app.run_dir import resume_path, run_dir_lock
 from mobilenet_pl.app.runner import run_tool
-from mobilenet_pl.app.tracking import TrackedWandbLogger
-from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
-from mobilenet_pl.lit.data import ImageDataModule
+
+if TYPE_CHECKING:
+    from mobilenet_pl.lit.data import ImageDataModule
 
 log = logging.getLogger("mobilenet_pl")
 
@@ -53,6 +50,14 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     """Fit, test and write ``results.json`` into ``run_dir``; return the results."""
     started = time.perf_counter()
     validate(cfg)
+    # imported here, not at the top: a mistake in the config is reported before torch and Lightning load
+    import lightning as L
+
+    from mobilenet_pl.app.build import build_logger, build_module, collect_results
+    from mobilenet_pl.app.callbacks import build_callbacks
+    from mobilenet_pl.app.tracking import TrackedWandbLogger
+    from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
+
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: ImageDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # surfaces data errors (missing folder, offline CIFAR) before any model work

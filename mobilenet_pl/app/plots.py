@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:  # the sweep report draws without torch
+    from torch import Tensor
 
 ANNOTATE_UP_TO = 30  # classes; beyond this, counts and names would not fit in the cells and ticks
 

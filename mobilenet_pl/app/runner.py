@@ -9,6 +9,7 @@ Runs with Hydra flags (``--help``, ``--cfg``, ``-m`` sweeps, ...) go to Hydra as
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,9 +21,16 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from mobilenet_pl.app.config import check_known_keys, check_run_dir, config_dir, register_schemas
+from mobilenet_pl.app.config import (
+    check_known_keys,
+    check_required,
+    check_run_dir,
+    config_dir,
+    register_schemas,
+    unknown_name,
+)
 from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, error_boundary, one_line, require
 
 # overrides that need a plugin from the ``sweeps`` extra
@@ -39,16 +47,65 @@ def _check_plugins(args: Sequence[str]) -> None:
             require(plugin, arg)
 
 
-def _check_composes(name: str, args: Sequence[str]) -> None:
-    """Compose ``name`` with ``args`` as Hydra will, so bad overrides fail here, in the boundary."""
+def _compose(name: str, args: Sequence[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = compose(name, overrides=list(args), return_hydra_config=True)
-            check_run_dir(str(cfg.hydra.run.dir))  # Hydra would make it before the job, with a traceback
-            check_known_keys(name, cfg)
+            return compose(name, overrides=list(args), return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
+
+
+def _override_key(arg: str) -> str:
+    return arg.partition("=")[0].lstrip("+~").partition("@")[0]
+
+
+def _in_users_words(name: str, args: Sequence[str], err: Exception) -> ConfigError | None:
+    """Hydra's error for a misspelt key or group option as one line in the user's terms, with the nearest
+    names (``unknown key 'widht'; did you mean 'width'?``); None for any other error."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    found = re.search(r"Could not find '(.+)/([^/']+)'", str(err))
+    if isinstance(err, MissingConfigException) and err.options and found:  # model=v3
+        group, option = found.groups()
+        return ConfigError(unknown_name("option", option, err.options, prefix=f"{group}="))
+    found = re.match(r"Could not override '([^']+)'", str(err))
+    if not (isinstance(err, ConfigCompositionException) and found):
+        return None
+    if not isinstance(err.__cause__, (ConfigAttributeError, ConfigKeyError)):
+        return None
+    key = found.group(1)
+    parent, _, leaf = key.rpartition(".")
+    rest = [arg for arg in args if _override_key(arg) != key]
+    node: Any = None
+    for others in (rest, []):  # the user's other overrides may hold a second mistake: then the defaults
+        try:
+            node = OmegaConf.select(_compose(name, others), parent) if parent else _compose(name, others)
+            break
+        except Exception:  # only for the suggestion; the first error is the one reported
+            continue
+    known = [str(k) for k in node] if isinstance(node, DictConfig) else []
+    message = unknown_name("key", leaf, known, prefix=f"{parent}." if parent else "")
+    if isinstance(node, DictConfig) and "_target_" in node:  # a class's arguments: the YAML sets only some
+        value = next((arg.partition("=")[2] for arg in args if _override_key(arg) == key), "VALUE")
+        owner = str(node._target_).rsplit(".", 1)[-1]
+        message += f"; an argument of {owner} that the config does not set is added with +{key}={value}"
+    return ConfigError(message)
+
+
+def _check_composes(name: str, args: Sequence[str]) -> None:
+    """Compose ``name`` with ``args`` as Hydra will, so bad overrides fail here, in the boundary."""
+    try:
+        cfg = _compose(name, args)
+    except Exception as err:
+        friendly = _in_users_words(name, args, err)
+        if friendly is None:
+            raise
+        raise friendly from None
+    check_run_dir(str(cfg.hydra.run.dir))  # Hydra would make it before the job, with a traceback
+    check_known_keys(name, cfg)
+    check_required(name, cfg)
 
 
 def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> int:
@@ -64,6 +121,7 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             with error_boundary():
                 check_known_keys(name, cfg)  # Hydra flags skip `_check_composes`
+                check_required(name, cfg)
                 return task(cfg)
         try:  # a failed job of a sweep is recorded and the sweep goes on
             with error_boundary():
