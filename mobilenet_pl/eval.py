@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from mobilenet_pl.app.config import check_checkpoint, check_values
 from mobilenet_pl.app.errors import ConfigError
-from mobilenet_pl.app.results import write_results
+from mobilenet_pl.app.results import RESULTS_FILE, chance_note, read_results, write_results
 from mobilenet_pl.app.runner import checkpoint_datamodule, run_tool
 
 if TYPE_CHECKING:  # torch and Lightning are imported where used: a config mistake is reported before they load
@@ -120,6 +120,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "params": sum(p.numel() for p in model.parameters()),
             "madds": madds,
             "split": split,
+            "num_classes": hp["num_classes"],
             "metrics": {
                 f"{split}/acc1": result["acc1"],
                 f"{split}/acc5": result["acc5"],
@@ -135,6 +136,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(
         f"{split}: top-1 {100 * result['acc1']:.2f}%  top-5 {100 * result['acc5']:.2f}%  on {result['samples']} images"
     )
+    near_chance = chance_note(read_results(run_dir / RESULTS_FILE))
+    if near_chance:
+        print(near_chance)
     worst = sorted(zip(result["per_class"], names, strict=True))[:3]
     print("lowest per-class top-1: " + ", ".join(f"{name} {100 * acc:.1f}%" for acc, name in worst))
     print(f"results: {run_dir / 'results.json'}; confusion matrix: {run_dir / 'confusion_matrix.png'}")

@@ -36,7 +36,7 @@ from mobilenet_pl.app.ddp_job import (
     take_eval_checks,
 )
 from mobilenet_pl.app.errors import error_boundary
-from mobilenet_pl.app.results import format_summary, write_results
+from mobilenet_pl.app.results import CONFUSION_FILE, format_summary, write_results
 from mobilenet_pl.app.run_dir import resume_path, run_dir_lock
 from mobilenet_pl.app.runner import run_tool
 
@@ -96,7 +96,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
 
             try:
                 save_confusion_matrix(
-                    module.test_confusion, module.hparams["class_names"] or [], run_dir / "confusion_matrix.png"
+                    module.test_confusion, module.hparams["class_names"] or [], run_dir / CONFUSION_FILE
                 )
             except Exception as err:  # a figure is a convenience; results.json is already written
                 log.warning("could not draw confusion_matrix.png (%s: %s)", err.__class__.__name__, err)

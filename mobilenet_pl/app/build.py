@@ -90,5 +90,7 @@ def collect_results(
         "train_warmup_steps": getattr(throughput, "warmup_steps", None),
         "wall_time_s": time.perf_counter() - started,
         "seed": cfg.seed,
+        "num_classes": hp["num_classes"],
+        "lr": OmegaConf.select(cfg, "optimizer.lr"),
         "run_dir": str(run_dir),
     }
