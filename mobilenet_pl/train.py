@@ -38,7 +38,7 @@ from mobilenet_pl.app.ddp_job import (
 from mobilenet_pl.app.errors import error_boundary
 from mobilenet_pl.app.results import CONFUSION_FILE, format_summary, write_results
 from mobilenet_pl.app.run_dir import resume_path, run_dir_lock
-from mobilenet_pl.app.runner import run_tool
+from mobilenet_pl.app.runner import quiet_third_party, run_tool
 
 if TYPE_CHECKING:
     from mobilenet_pl.lit.data import ImageDataModule
@@ -54,7 +54,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     import lightning as L
 
     from mobilenet_pl.app.build import build_logger, build_module, collect_results
-    from mobilenet_pl.app.callbacks import build_callbacks
+    from mobilenet_pl.app.callbacks import EpochLines, build_callbacks
     from mobilenet_pl.app.tracking import TrackedWandbLogger
     from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
 
@@ -65,6 +65,11 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     module = build_module(cfg, datamodule)
     logger = build_logger(cfg, run_dir, wandb_group)
     callbacks = build_callbacks(cfg.callbacks, run_dir / "checkpoints", with_logger=logger is not None)
+    bar: dict[str, Any] = {}
+    if "enable_progress_bar" not in cfg.trainer and not sys.stdout.isatty():
+        # a log file or a pipe: a live bar would write its redraws (control sequences where colour is forced)
+        bar = {"enable_progress_bar": False}
+        callbacks["epoch_lines"] = EpochLines()
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         logger=logger if logger is not None else False,
@@ -73,6 +78,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
         sync_batchnorm=cfg.recipe.sync_batchnorm,
         use_distributed_sampler=False,  # our loaders shard exactly (lit/data.py)
         plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves a broken checkpoint
+        **bar,
     )
 
     resume = resume_path(cfg, run_dir)
@@ -124,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mobilenet_pl.train`` and the ``mobilenet-pl-train`` console script."""
     if launched_by_lightning():
         # an extra DDP rank: train the launching job's config, in its run dir, without Hydra
-        with error_boundary():
+        with error_boundary(), quiet_third_party():
             cfg = OmegaConf.create(os.environ[DDP_CONFIG_ENV])
             assert isinstance(cfg, DictConfig)
             take_eval_checks()

@@ -9,9 +9,12 @@ Runs with Hydra flags (``--help``, ``--cfg``, ``-m`` sweeps, ...) go to Hydra as
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +111,43 @@ def _check_composes(name: str, args: Sequence[str]) -> None:
     check_required(name, cfg)
 
 
+# Third-party lines a user of these commands cannot act on, dropped while a command runs (and only then):
+# (logger name, start of the message) and (warning category, message regex)
+QUIET_LOG_LINES = (
+    ("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),  # an ad for litlogger
+    ("lightning.fabric.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),  # onnxruntime/torchao on a CPU-only machine
+)
+QUIET_WARNINGS = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)  # inside Lightning 2.6
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """Drop `QUIET_LOG_LINES` and `QUIET_WARNINGS` for the duration of a command, nothing else."""
+    filters: dict[str, _DropLines] = {}
+    for name, start in QUIET_LOG_LINES:
+        filters.setdefault(name, _DropLines(())).starts += (start,)
+    for name, drop in filters.items():
+        logging.getLogger(name).addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            for category, message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        for name, drop in filters.items():
+            logging.getLogger(name).removeFilter(drop)
+
+
 def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> int:
     """Run ``task`` on the composed ``conf/<name>.yaml`` and ``argv`` (default: the command line).
 
@@ -119,12 +159,12 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
 
     def job(cfg: DictConfig) -> Any:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
-            with error_boundary():
+            with error_boundary(), quiet_third_party():
                 check_known_keys(name, cfg)  # Hydra flags skip `_check_composes`
                 check_required(name, cfg)
                 return task(cfg)
         try:  # a failed job of a sweep is recorded and the sweep goes on
-            with error_boundary():
+            with error_boundary(), quiet_third_party():
                 check_known_keys(name, cfg)
                 return task(cfg)
         except (Exception, SystemExit) as err:
