@@ -1,0 +1,71 @@
+"""What the docs claim about the package itself, checked, so a claim cannot go stale: what ``import mobilenet_pl``
+loads (docs/api.md, docs/index.md), the console scripts (docs/training.md vs pyproject.toml), and the numbers
+that are cheap to recompute (README.md, docs/cost.md: parameter and mult-add counts)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT_TEXT = (REPO / "pyproject.toml").read_text()  # read as text: tomllib is Python 3.11+
+SCRIPTS = set(re.findall(r"^(mobilenet-pl-\w+) = ", PYPROJECT_TEXT, re.M))
+DEPENDENCY_SPECS = re.findall(r'^  "([^"]+)",$', PYPROJECT_TEXT.split("dependencies = [", 1)[1].split("]", 1)[0], re.M)
+# import name of each runtime dependency of pyproject.toml
+IMPORT_NAME = {"hydra-core": "hydra", "scikit-learn": "sklearn", "typing-extensions": "typing_extensions"}
+DEPENDENCIES = {
+    IMPORT_NAME.get(name, name.replace("-", "_"))
+    for name in (re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0] for spec in DEPENDENCY_SPECS)
+}
+LOADED_PROBE = """
+import json, sys
+def loaded():
+    return sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(sys.argv[1])))
+import mobilenet_pl
+steps = [loaded()]
+mobilenet_pl.create_model
+steps.append(loaded())
+mobilenet_pl.MobileNetClassifier
+steps.append(loaded())
+print(json.dumps(steps))
+"""
+
+
+def _listed(text: str, lead: str) -> list[str]:
+    found = re.search(re.escape(lead) + r" ((?:`\w+`(?:, )?)+)", " ".join(text.split()))
+    assert found, f"the docs no longer say {lead!r}"
+    return sorted(re.findall(r"`(\w+)`", found.group(1)))
+
+
+def test_docs_name_exactly_the_dependencies_each_import_loads() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", LOADED_PROBE, json.dumps(sorted(DEPENDENCIES))],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    package, models, lit = json.loads(out.stdout.strip().splitlines()[-1])
+    api = (REPO / "docs" / "api.md").read_text()
+    assert package == [] and "- `import mobilenet_pl`: none of them." in api
+    assert _listed(api, "loads these of its dependencies:") == models
+    assert _listed((REPO / "docs" / "index.md").read_text(), "loads these of its dependencies:") == models
+    assert _listed(api, "adds these of its dependencies:") == sorted(set(lit) - set(models))
+    assert "lightning" not in models and "hydra" not in models
+    assert {"torch", "lightning", "timm"} <= DEPENDENCIES  # the pyproject parse found the list
+
+
+def test_docs_list_every_console_script_and_no_other() -> None:
+    scripts = SCRIPTS
+    assert len(scripts) == 7
+    training = (REPO / "docs" / "training.md").read_text()
+    listed = re.search(r"Every command has a console script of the same\nname: (.*?)\.", training, re.S)
+    assert listed and set(re.findall(r"`(mobilenet-pl-\w+)`", listed.group(1))) == scripts
+    assert {f"mobilenet-pl-{tool}" for tool in ("train", "eval", "profile", "export", "quantize")} <= scripts
+    docs = [REPO / "README.md", *(REPO / "docs").glob("*.md")]
+    assert not [doc.name for doc in docs if "no console script" in doc.read_text()]
+    mentioned = {m for doc in docs for m in re.findall(r"mobilenet-pl-[a-z]+", doc.read_text())}
+    assert mentioned <= scripts  # no doc names a script that does not exist
