@@ -69,3 +69,40 @@ def test_docs_list_every_console_script_and_no_other() -> None:
     assert not [doc.name for doc in docs if "no console script" in doc.read_text()]
     mentioned = {m for doc in docs for m in re.findall(r"mobilenet-pl-[a-z]+", doc.read_text())}
     assert mentioned <= scripts  # no doc names a script that does not exist
+
+
+def _md_rows(text: str, header: str) -> list[list[str]]:
+    """The cells of the markdown table that starts with ``header``."""
+    lines = text.split(header, 1)[1].splitlines()[2:]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("|")][
+        : next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
+    ]
+
+
+def test_cost_docs_table_is_what_profile_paper_true_prints() -> None:
+    """docs/cost.md's table and the README's two headline counts: ``python -m mobilenet_pl.profile paper=true``."""
+    from mobilenet_pl.profile import paper_table
+
+    printed = [line.split() for line in paper_table().splitlines()[1:]]
+    cost = (REPO / "docs" / "cost.md").read_text()
+    documented = _md_rows(cost, "| Model | width | res | M mult-adds | paper | M params | paper | params |")
+
+    def width_as_number(rows: list[list[str]]) -> list[list[str]]:
+        return [[row[0], f"{float(row[1]):g}", *row[2:]] for row in rows]
+
+    assert width_as_number(documented) == width_as_number(printed)
+    v1, v2 = printed[0], printed[19]
+    assert v1[:3] == ["mobilenet_v1", "1", "224"] and v2[:3] == ["mobilenet_v2", "1", "224"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"V1 1.0@224: {v1[3]} M mult-adds, {v1[7]} params; V2 1.0@224: {v2[3]} M, {v2[7]}" in readme
+
+
+def test_cost_docs_profile_example_is_what_profile_prints(capsys) -> None:  # type: ignore[no-untyped-def]
+    from mobilenet_pl.profile import main
+
+    cost = (REPO / "docs" / "cost.md").read_text()
+    command = "$ python -m mobilenet_pl.profile model=v1 width=0.5 resolution=160\n"
+    documented = cost.split(command, 1)[1].split("```", 1)[0]
+    assert main(["model=v1", "width=0.5", "resolution=160"]) == 0
+    printed = capsys.readouterr().out
+    assert [line.rstrip() for line in printed.splitlines()] == documented.splitlines()  # docs drop trailing blanks
