@@ -93,8 +93,27 @@ def _in_users_words(name: str, args: Sequence[str], err: Exception) -> ConfigErr
     if isinstance(node, DictConfig) and "_target_" in node:  # a class's arguments: the YAML sets only some
         value = next((arg.partition("=")[2] for arg in args if _override_key(arg) == key), "VALUE")
         owner = str(node._target_).rsplit(".", 1)[-1]
-        message += f"; an argument of {owner} that the config does not set is added with +{key}={value}"
+        message += f" (an argument of {owner} that the config does not set is added with +{key}={value})"
     return ConfigError(message)
+
+
+def _check_sweep_keys(name: str, args: Sequence[str]) -> None:
+    """A sweep's misspelt key or option, in the user's words before Hydra starts: the config is composed with
+    each swept key at its first value. Anything else (a sweeper's own syntax) is left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    first = list(args)
+    try:
+        overrides = OverridesParser.create().parse_overrides(list(args))
+        first = [
+            f"{o.input_line.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else arg
+            for o, arg in zip(overrides, args, strict=True)
+        ]
+        _compose(name, first)
+    except Exception as err:
+        friendly = _in_users_words(name, first, err)
+        if friendly is not None:
+            raise friendly from None
 
 
 def _check_composes(name: str, args: Sequence[str]) -> None:
@@ -181,6 +200,8 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
             _check_plugins(args)
             if not any(arg.startswith("-") for arg in args):
                 _check_composes(name, args)
+            elif {arg for arg in args if arg.startswith("-")} <= {"-m", "--multirun"}:
+                _check_sweep_keys(name, [arg for arg in args if not arg.startswith("-")])
         # argv[0] stays: Lightning relaunches DDP ranks from it (a console script or a wrapper script)
         sys.argv = [saved[0], *args]
         app()

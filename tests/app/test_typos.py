@@ -7,6 +7,7 @@ import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,23 @@ def test_nested_keys_and_group_options(
 ) -> None:
     assert _main(tool)(args) == 2
     assert expected in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-m", "widht=0.25,0.5"], "unknown key 'widht'; did you mean 'width'?"),
+        (["--multirun", "model=v3,v1"], "unknown option 'model=v3'; choose from: model=v1, model=v2"),
+        (["-m", "width=0.25,0.5", "trainer.max_epoch=1"], "did you mean 'trainer.max_epochs'?"),
+    ],
+)
+def test_a_sweep_with_a_typo_stops_before_its_first_job(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _main("train")(args) == 2
+    assert expected in _error_line(capsys)
+    assert not (tmp_path / "multirun").exists()
 
 
 def test_a_trainer_argument_the_config_does_not_set_says_how_to_add_it(capsys: pytest.CaptureFixture[str]) -> None:
