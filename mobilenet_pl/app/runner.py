@@ -106,7 +106,7 @@ def _check_sweep_keys(name: str, args: Sequence[str]) -> None:
     try:
         overrides = OverridesParser.create().parse_overrides(list(args))
         first = [
-            f"{o.input_line.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else arg
+            f"{arg.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else arg
             for o, arg in zip(overrides, args, strict=True)
         ]
         _compose(name, first)
