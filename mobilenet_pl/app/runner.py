@@ -109,11 +109,13 @@ def _check_sweep_keys(name: str, args: Sequence[str]) -> None:
             f"{arg.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else arg
             for o, arg in zip(overrides, args, strict=True)
         ]
-        _compose(name, first)
+        cfg = _compose(name, first)
     except Exception as err:
         friendly = _in_users_words(name, first, err)
         if friendly is not None:
             raise friendly from None
+        return
+    check_known_keys(name, cfg)  # +modle=v1
 
 
 def _check_composes(name: str, args: Sequence[str]) -> None:
