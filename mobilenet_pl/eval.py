@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from mobilenet_pl.app.config import check_checkpoint, check_values
 from mobilenet_pl.app.errors import ConfigError
 from mobilenet_pl.app.results import RESULTS_FILE, chance_note, read_results, write_results
-from mobilenet_pl.app.runner import checkpoint_datamodule, run_tool
+from mobilenet_pl.app.runner import checkpoint_datamodule, lightning_logs_once, run_tool
 
 if TYPE_CHECKING:  # torch and Lightning are imported where used: a config mistake is reported before they load
     from torch.utils.data import DataLoader
@@ -31,6 +31,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> MobileNetClassifie
     """Load our checkpoint safely (``weights_only=True``), with a clear error when it is missing."""
     from mobilenet_pl.lit.classifier import MobileNetClassifier
 
+    lightning_logs_once()
     check_checkpoint("ckpt_path", str(path))
     module = MobileNetClassifier.load_from_checkpoint(path, map_location=device, weights_only=True)
     broken = [name for name, t in module.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]

@@ -38,7 +38,7 @@ from mobilenet_pl.app.ddp_job import (
 from mobilenet_pl.app.errors import error_boundary
 from mobilenet_pl.app.results import CONFUSION_FILE, format_summary, write_results
 from mobilenet_pl.app.run_dir import resume_path, run_dir_lock
-from mobilenet_pl.app.runner import quiet_third_party, run_tool
+from mobilenet_pl.app.runner import lightning_logs_once, quiet_third_party, run_tool
 
 if TYPE_CHECKING:
     from mobilenet_pl.lit.data import ImageDataModule
@@ -58,6 +58,7 @@ def train(cfg: DictConfig, run_dir: Path, wandb_group: str | None = None) -> dic
     from mobilenet_pl.app.tracking import TrackedWandbLogger
     from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
 
+    lightning_logs_once()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: ImageDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # surfaces data errors (missing folder, offline CIFAR) before any model work

@@ -169,6 +169,16 @@ def quiet_third_party() -> Iterator[None]:
             logging.getLogger(name).removeFilter(drop)
 
 
+def lightning_logs_once() -> None:
+    """Call after importing Lightning. The commands import it after Hydra set up logging, so its messages reach
+    Hydra's handler (the job's stdout) and also the stderr handler ``lightning/__init__.py`` adds to the
+    ``lightning`` logger: every line twice. Where the root logger has a handler, that one prints them."""
+    if logging.getLogger().handlers:
+        lightning = logging.getLogger("lightning")
+        for handler in list(lightning.handlers):
+            lightning.removeHandler(handler)
+
+
 def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> int:
     """Run ``task`` on the composed ``conf/<name>.yaml`` and ``argv`` (default: the command line).
 

@@ -42,6 +42,7 @@ def test_a_short_run_logged_to_a_file_prints_no_noise(tmp_path: Path) -> None:
     assert proc.returncode == 0, out[-3000:]
     assert [noise for noise in NOISE if noise in out] == []
     assert REDRAW.findall(out) == []
+    assert out.count("`Trainer.fit` stopped") == 1 and "INFO: " not in out  # Lightning's lines once, as they are
     assert "epoch 1/1  val loss " in proc.stdout  # the bar's place: one plain line per epoch
     assert "near chance" in proc.stdout or "test         top-1" in proc.stdout
 
