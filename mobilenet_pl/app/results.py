@@ -97,6 +97,11 @@ def chance_note(results: dict[str, Any]) -> str | None:
     )
 
 
+def _threads_note(results: dict[str, Any]) -> str:
+    threads = results.get("torch_threads")
+    return f"; {threads} CPU thread{'' if threads == 1 else 's'}" if isinstance(threads, int) else ""
+
+
 def format_summary(results: dict[str, Any]) -> str:
     """The few lines printed at the end of a run."""
     m = results["metrics"]
@@ -111,7 +116,7 @@ def format_summary(results: dict[str, Any]) -> str:
         f"best val     top-1 {pct('val/acc1')}  top-5 {pct('val/acc5')}",
         f"test         top-1 {pct('test/acc1')}  top-5 {pct('test/acc5')}  on {results['test_samples']} images",
         f"throughput   {results.get('train_images_per_s', 0):.0f} train images/s{_wait_note(results)}; "
-        f"wall time {results['wall_time_s']:.0f} s",
+        f"wall time {results['wall_time_s']:.0f} s{_threads_note(results)}",
         f"checkpoint   {results['checkpoint']}",
         f"run dir      {results['run_dir']}",
     ]

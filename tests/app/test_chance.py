@@ -34,6 +34,11 @@ def test_summary_says_a_run_at_chance_has_not_learned(tmp_path: Path) -> None:
     assert "trainer.max_epochs" in line and "optimizer.lr (now 0.002)" in line
 
 
+def test_summary_states_the_cpu_thread_count(tmp_path: Path) -> None:
+    assert "; 1 CPU thread" in format_summary({**RESULTS, "run_dir": str(tmp_path), "torch_threads": 1})
+    assert "; 2 CPU threads" in format_summary({**RESULTS, "run_dir": str(tmp_path), "torch_threads": 2})
+
+
 def test_no_chance_note_for_a_run_that_learned_or_without_the_class_count() -> None:
     learned = {**RESULTS, "metrics": {"test/acc1": 0.98}}
     assert chance_note(learned) is None
