@@ -8,7 +8,9 @@ top-level keys, so ``width=abc`` or a misspelt key fails at composition. The sch
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -18,10 +20,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mobilenet_pl.app.errors import ConfigError
-from mobilenet_pl.models.checks import is_finite_number
-from mobilenet_pl.models.hparams import DATA_KEYS
-from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
-from mobilenet_pl.models.weights import describe, read_weights
 
 CONFIG_DIR_NAME = "conf"
 TOOLS = ("train", "eval", "profile", "export", "quantize", "benchmark", "report")
@@ -218,6 +216,8 @@ def _number(
     key: str, value: Any, minimum: float, *, inclusive: bool, kind: str = "number", maximum: float | None = None
 ) -> None:
     """``value`` is a finite number (an ``int`` where ``kind`` is a whole number) in its range, or `ConfigError`."""
+    from mobilenet_pl._checks import is_finite_number
+
     whole = kind == "whole number"
     ok = is_finite_number(value) and (
         isinstance(value, int) or not whole
@@ -285,6 +285,8 @@ def _check_trainer(trainer: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check values the schema cannot: ranges, whole numbers, paths, device counts, pairings of keys."""
+    from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE  # torch: not needed to compose a config
+
     _number("width", cfg.width, 0, inclusive=False, maximum=MAX_WIDTH)
     if cfg.resolution is not None:
         _number("resolution", cfg.resolution, MIN_INPUT_SIZE, inclusive=True, kind="whole number", maximum=MAX_SIZE)
@@ -306,6 +308,8 @@ def validate(cfg: DictConfig) -> None:
         root = Path(str(data.root)).expanduser()
         if not root.is_dir() or not any(root.iterdir()):
             raise ConfigError(f"data.root={str(root)!r} is not allowed: it must be an existing, non-empty folder")
+    from mobilenet_pl.models.weights import read_weights
+
     pretrained = cfg.model.get("pretrained")
     if isinstance(pretrained, str) and Path(pretrained).expanduser().exists():  # else a tag, checked by the model
         read_weights(pretrained, key="model.pretrained")
@@ -401,20 +405,48 @@ def check_run_dir(path: str) -> None:
         raise ConfigError(f"hydra.run.dir={path!r} is not allowed: {str(existing)!r} is not writable")
 
 
+def unknown_name(kind: str, given: str, known: Iterable[str], prefix: str = "") -> str:
+    """``unknown key 'widht'; did you mean 'width'?``: the nearest of ``known`` (difflib), else the list of them.
+
+    Example:
+        >>> unknown_name("key", "widht", ["width", "seed"])
+        "unknown key 'widht'; did you mean 'width'?"
+    """
+    known = sorted(set(known))
+    close = difflib.get_close_matches(given, known, n=3, cutoff=0.7)  # depth is not width (0.6)
+    named = f"{prefix}{given}"
+    if close:
+        return f"unknown {kind} {named!r}; did you mean {' or '.join(repr(prefix + c) for c in close)}?"
+    return f"unknown {kind} {named!r}; choose from: {', '.join(prefix + c for c in known)}"
+
+
+# what a required top-level key (``???`` in conf/<tool>.yaml) holds, for its error line
+REQUIRED_VALUE = {"ckpt_path": "PATH.ckpt (a checkpoint written by python -m mobilenet_pl.train)", "sweep_dir": "PATH"}
+
+
+def check_required(tool: str, cfg: DictConfig) -> None:
+    """Every required top-level key is given: checked first, so its line comes before any other complaint."""
+    missing = [str(key) for key in cfg if key != "hydra" and OmegaConf.is_missing(cfg, key)]
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key} is missing: set {key}={REQUIRED_VALUE.get(key, 'VALUE')}")
+
+
 def check_known_keys(tool: str, cfg: DictConfig) -> None:
     """A top-level key the tool's schema does not name (``+modle=v1``) would be silently ignored: refuse it."""
     known = {field.name for field in fields(SCHEMAS[tool])} | {"hydra"}
     unknown = [str(key) for key in cfg if key not in known]
     if unknown:
-        raise ConfigError(
-            f"{unknown[0]} is not allowed: {tool} has no key {unknown[0]!r} (see python -m mobilenet_pl.{tool} --help)"
-        )
+        raise ConfigError(f"{unknown_name('key', unknown[0], known)} (see python -m mobilenet_pl.{tool} --help)")
 
 
 def check_resume_checkpoint(key: str, path: str, hparams: Any) -> None:
     """``path`` is a safe training checkpoint of the model this run builds (``hparams``): the same checks for
     ``ckpt_path`` and for the ``last.ckpt`` an auto-resume picks up. The reader has checked that the file's
     weights fit its own hyperparameters, so equal hyperparameters mean weights that fit this run's model."""
+    from mobilenet_pl.models.hparams import DATA_KEYS
+    from mobilenet_pl.models.weights import describe, read_weights
+
     saved = read_weights(path, key=key, checkpoint=True).hparams or {}
     ours = {"model": dict(hparams["model"]), **{k: hparams[k] for k in DATA_KEYS}}
     same = all(saved["model"].get(k) == ours["model"].get(k) for k in ("name", "width")) and all(
