@@ -16,8 +16,8 @@ def is_finite_number(value: Any) -> bool:
     """True for an ``int`` or ``float`` that is not a ``bool``, NaN or infinite.
 
     Example:
-        >>> [is_finite_number(v) for v in (1, 0.5, True, float("nan"), "1")]
-        [True, True, False, False, False]
+        >>> tuple(is_finite_number(v) for v in (1, 0.5, True, float("nan"), "1"))
+        (True, True, False, False, False)
     """
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
