@@ -12,7 +12,9 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
-nox.options.reuse_existing_virtualenvs = False
+# a session's venv holds PyTorch (5.3 GB with the CUDA wheels, README.md): built once, then reused;
+# ``nox -s tests --no-reuse-existing-virtualenvs`` rebuilds it (after a dependency change)
+nox.options.reuse_existing_virtualenvs = True
 
 # Override with e.g. MOBILENET_PL_TORCH="torch==2.5.1 torchvision==0.20.1" on other machines.
 TORCH = os.environ.get("MOBILENET_PL_TORCH", "torch==2.14.1 torchvision==0.29.1").split()

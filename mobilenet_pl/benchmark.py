@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from omegaconf import DictConfig
 
 from mobilenet_pl.app.runner import run_tool
-from mobilenet_pl.bench.run import print_report, run
-from mobilenet_pl.bench.settings import settings
 
 
 def benchmark(dcfg: DictConfig) -> None:
+    # imported here, not at the top: a mistake in the config is reported before torch loads
+    from mobilenet_pl.bench.run import print_report, run
+    from mobilenet_pl.bench.settings import settings
+
     cfg = settings(dcfg)
     print_report(cfg, run(cfg))
 

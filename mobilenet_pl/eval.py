@@ -11,27 +11,28 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mobilenet_pl.app.config import check_device, check_values
 from mobilenet_pl.app.errors import ConfigError
-from mobilenet_pl.app.plots import save_confusion_matrix
-from mobilenet_pl.app.results import write_results
-from mobilenet_pl.app.runner import checkpoint_datamodule, run_tool, save_run_record
-from mobilenet_pl.lit.classifier import MobileNetClassifier
-from mobilenet_pl.models.cost import count_madds
-from mobilenet_pl.models.weights import read_weights
+from mobilenet_pl.app.results import RESULTS_FILE, chance_note, read_results, write_results
+from mobilenet_pl.app.runner import checkpoint_datamodule, lightning_logs_once, run_tool, save_run_record
+
+if TYPE_CHECKING:  # torch and Lightning are imported where used: a config mistake is reported before they load
+    from torch.utils.data import DataLoader
+
+    from mobilenet_pl.lit.classifier import MobileNetClassifier
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> MobileNetClassifier:
     """Our checkpoint, read safely; NaN/inf weights are refused: their accuracy would mean nothing."""
+    from mobilenet_pl.lit.classifier import MobileNetClassifier
+    from mobilenet_pl.models.weights import read_weights
+
+    lightning_logs_once()
     read_weights(path, key="ckpt_path", checkpoint=True, finite=True)
     module = MobileNetClassifier.load_from_checkpoint(path, map_location=device, weights_only=True)
     return module.eval()
@@ -48,39 +49,47 @@ def check_class_names(ckpt_path: str, trained: Sequence[str] | None, data: Seque
     )
 
 
-@torch.no_grad()
 def evaluate(module: MobileNetClassifier, loader: DataLoader[Any], device: str = "cpu") -> dict[str, Any]:
     """Top-1, top-5, per-class accuracy, confusion matrix and sample count over every batch of ``loader``."""
-    num_classes = module.hparams["num_classes"]
-    metrics = MetricCollection(
-        {
-            "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-            "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
-            "per_class": MulticlassAccuracy(num_classes, average="none"),
-            "confusion": MulticlassConfusionMatrix(num_classes),
+    import torch
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+    with torch.no_grad():
+        num_classes = module.hparams["num_classes"]
+        metrics = MetricCollection(
+            {
+                "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+                "per_class": MulticlassAccuracy(num_classes, average="none"),
+                "confusion": MulticlassConfusionMatrix(num_classes),
+            }
+        ).to(device)
+        loss_sum, samples = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = module.eval_forward(x)
+            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            samples += len(y)
+            metrics.update(logits, y)
+        out = metrics.compute()
+        return {
+            "acc1": out["acc1"].item(),
+            "acc5": out["acc5"].item(),
+            "loss": loss_sum / max(1, samples),
+            "per_class": out["per_class"].cpu().tolist(),
+            "confusion": out["confusion"].cpu(),
+            "samples": samples,
         }
-    ).to(device)
-    loss_sum, samples = 0.0, 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = module.eval_forward(x)
-        loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        samples += len(y)
-        metrics.update(logits, y)
-    out = metrics.compute()
-    return {
-        "acc1": out["acc1"].item(),
-        "acc5": out["acc5"].item(),
-        "loss": loss_sum / max(1, samples),
-        "per_class": out["per_class"].cpu().tolist(),
-        "confusion": out["confusion"].cpu(),
-        "samples": samples,
-    }
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     check_values(cfg, {"batch_size": 1})
+
+    from mobilenet_pl.app.plots import save_confusion_matrix
+    from mobilenet_pl.models.cost import count_madds
+
     device = check_device("device", cfg.device)
     module = load_checkpoint(cfg.ckpt_path, device)
     hp = module.hparams
@@ -109,6 +118,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "params": sum(p.numel() for p in model.parameters()),
             "madds": madds,
             "split": split,
+            "num_classes": hp["num_classes"],
             "metrics": {
                 f"{split}/acc1": result["acc1"],
                 f"{split}/acc5": result["acc5"],
@@ -127,6 +137,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     if skipped:
         print(f"unreadable   {skipped} image(s) of {split} left out (named above)")
+    near_chance = chance_note(read_results(run_dir / RESULTS_FILE))
+    if near_chance:
+        print(near_chance)
     worst = sorted(zip(result["per_class"], names, strict=True))[:3]
     print("lowest per-class top-1: " + ", ".join(f"{name} {100 * acc:.1f}%" for acc, name in worst))
     print(f"results: {run_dir / 'results.json'}; confusion matrix: {run_dir / 'confusion_matrix.png'}")

@@ -16,14 +16,16 @@ from omegaconf import DictConfig
 from mobilenet_pl.app.config import ExportFormat, check_values
 from mobilenet_pl.app.errors import CheckFailedError, require
 from mobilenet_pl.app.runner import check_output, output_path, run_tool
-from mobilenet_pl.deploy import PARITY_TOLERANCE, check_parity, export_onnx, export_torchscript, load_model
-from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
-from mobilenet_pl.models.registry import resolve_model_name
 
 MIN_OPSET = 9
 
 
 def export(cfg: DictConfig) -> None:
+    # imported here, not at the top: a mistake in the config is reported before torch loads
+    from mobilenet_pl.deploy import PARITY_TOLERANCE, check_parity, export_onnx, export_torchscript, load_model
+    from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
+    from mobilenet_pl.models.registry import resolve_model_name
+
     check_values(cfg, {"opset": MIN_OPSET, "resolution": MIN_INPUT_SIZE})
     onnx = cfg.format == ExportFormat.onnx
     if onnx:

@@ -16,10 +16,6 @@ from omegaconf import DictConfig
 
 from mobilenet_pl.app.config import check_values
 from mobilenet_pl.app.runner import run_tool
-from mobilenet_pl.models import create_model
-from mobilenet_pl.models.cost import PAPER_COSTS, measure_cost
-from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
-from mobilenet_pl.models.registry import resolve_model_name
 
 PAPER_GRID = [("mobilenet_v1", w, r) for w in (1.0, 0.75, 0.5, 0.25) for r in (224, 192, 160, 128)] + [
     ("mobilenet_v2", w, 224) for w in (0.35, 0.5, 0.75, 1.0, 1.4)
@@ -28,6 +24,9 @@ PAPER_GRID = [("mobilenet_v1", w, r) for w in (1.0, 0.75, 0.5, 0.25) for r in (2
 
 def paper_table() -> str:
     """Our measured params / mult-adds over the papers' width x resolution grid, beside their numbers."""
+    from mobilenet_pl.models import create_model
+    from mobilenet_pl.models.cost import PAPER_COSTS, measure_cost
+
     lines = [f"{'model':<14}{'width':>6}{'res':>5}{'M madds':>9}{'paper':>7}{'M params':>10}{'paper':>7}{'params':>11}"]
     for name, width, resolution in PAPER_GRID:
         report = measure_cost(create_model(name, width=width), resolution)
@@ -43,6 +42,12 @@ def profile(cfg: DictConfig) -> None:
     if cfg.paper:
         print(paper_table())
         return
+    # imported here, not at the top: a mistake in the config is reported before torch loads
+    from mobilenet_pl.models import create_model
+    from mobilenet_pl.models.cost import measure_cost
+    from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
+    from mobilenet_pl.models.registry import resolve_model_name
+
     check_values(cfg, {"resolution": MIN_INPUT_SIZE, "num_classes": 0}, positive=("width",))
     name = resolve_model_name(cfg.model.name)
     model = create_model(name, width=cfg.width, num_classes=cfg.num_classes, small_input=bool(cfg.model.small_input))

@@ -14,24 +14,25 @@ import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from mobilenet_pl.app.config import check_values
 from mobilenet_pl.app.errors import require
 from mobilenet_pl.app.runner import check_output, checkpoint_datamodule, output_path, run_tool
-from mobilenet_pl.app.timing import interleaved
-from mobilenet_pl.deploy import export_onnx, load_model, onnx_accuracy, ort_call, ort_session, quantize_onnx
-from mobilenet_pl.models.registry import resolve_model_name
+
+if TYPE_CHECKING:  # torch, numpy and onnxruntime load in the task: a config mistake is reported first
+    import numpy as np
 
 
 def batch1_latency(
     paths: dict[str, Path], example: np.ndarray, calls: int, repeats: int, threads: int | None = None
 ) -> dict[str, list[float]]:
     """ms per batch-1 call of each ONNX model in onnxruntime, one sample per interleaved repetition."""
+    from mobilenet_pl.app.timing import interleaved
+    from mobilenet_pl.deploy import ort_call, ort_session
+
     sessions = {key: ort_session(path, threads) for key, path in paths.items()}
     feed = {"input": example[:1]}
     samples = interleaved({k: ort_call(s, feed) for k, s in sessions.items()}, calls, repeats, calls // 5)
@@ -42,6 +43,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Export, quantize, evaluate and time; returns the report."""
     check_values(cfg, {"calib_batches": 1, "batch_size": 1, "calls": 1, "repeats": 1, "threads": 1})
     require("onnxruntime", "quantize")
+    import torch
+
+    from mobilenet_pl.deploy import export_onnx, load_model, onnx_accuracy, quantize_onnx
+    from mobilenet_pl.models.registry import resolve_model_name
+
     threads = torch.get_num_threads() if cfg.threads is None else cfg.threads
     int8_path = output_path(cfg.out, cfg.ckpt_path, ".int8.onnx")
     base = int8_path.name.removesuffix(".onnx").removesuffix(".int8")

@@ -16,16 +16,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mobilenet_pl.app.build import build_logger, build_module, collect_results
-from mobilenet_pl.app.callbacks import build_callbacks
 from mobilenet_pl.app.config import check_resume_checkpoint, validate
 from mobilenet_pl.app.ddp_job import (
     DDP_CONFIG_ENV,
@@ -39,12 +36,12 @@ from mobilenet_pl.app.ddp_job import (
     take_eval_checks,
 )
 from mobilenet_pl.app.errors import error_boundary
-from mobilenet_pl.app.results import format_summary, read_sweep_id, write_results
+from mobilenet_pl.app.results import CONFUSION_FILE, format_summary, read_sweep_id, write_results
 from mobilenet_pl.app.run_dir import resume_path, run_dir_lock
-from mobilenet_pl.app.runner import run_tool, save_run_record
-from mobilenet_pl.app.tracking import TrackedWandbLogger
-from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
-from mobilenet_pl.lit.data import ImageDataModule
+from mobilenet_pl.app.runner import lightning_logs_once, quiet_third_party, run_tool, save_run_record
+
+if TYPE_CHECKING:
+    from mobilenet_pl.lit.data import ImageDataModule
 
 log = logging.getLogger("mobilenet_pl")
 
@@ -56,6 +53,15 @@ def train(
     started = time.perf_counter()
     validate(cfg)
     resume = resume_path(cfg, run_dir)
+    # imported here, not at the top: a mistake in the config is reported before torch and Lightning load
+    import lightning as L
+
+    from mobilenet_pl.app.build import build_logger, build_module, collect_results
+    from mobilenet_pl.app.callbacks import EpochLines, build_callbacks
+    from mobilenet_pl.app.tracking import TrackedWandbLogger
+    from mobilenet_pl.lit.checkpoint_io import AtomicCheckpointIO
+
+    lightning_logs_once()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: ImageDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # surfaces data errors (missing folder, offline CIFAR) before any model work
@@ -70,6 +76,11 @@ def train(
     save_run_record()  # the run is accepted: only now its .hydra/ record may replace an earlier run's
     logger = build_logger(cfg, run_dir, wandb_group)
     callbacks = build_callbacks(cfg.callbacks, run_dir / "checkpoints", with_logger=logger is not None)
+    bar: dict[str, Any] = {}
+    if "enable_progress_bar" not in cfg.trainer and not sys.stdout.isatty():
+        # a log file or a pipe: a live bar would write its redraws (control sequences where colour is forced)
+        bar = {"enable_progress_bar": False}
+        callbacks["epoch_lines"] = EpochLines()
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         logger=logger if logger is not None else False,
@@ -78,6 +89,7 @@ def train(
         sync_batchnorm=cfg.recipe.sync_batchnorm,
         use_distributed_sampler=False,  # our loaders shard exactly (lit/data/sampling.py)
         plugins=[AtomicCheckpointIO()],  # a kill or a full disk never leaves a broken checkpoint
+        **bar,
     )
 
     with stop_on_lost_rank(trainer, run_dir):
@@ -99,7 +111,7 @@ def train(
 
             try:
                 save_confusion_matrix(
-                    module.test_confusion, module.hparams["class_names"] or [], run_dir / "confusion_matrix.png"
+                    module.test_confusion, module.hparams["class_names"] or [], run_dir / CONFUSION_FILE
                 )
             except Exception as err:  # a figure is a convenience; results.json is already written
                 log.warning("could not draw confusion_matrix.png (%s: %s)", err.__class__.__name__, err)
@@ -129,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mobilenet_pl.train`` and the ``mobilenet-pl-train`` console script."""
     if launched_by_lightning():
         # an extra DDP rank: train the launching job's config, in its run dir, without Hydra
-        with error_boundary():
+        with error_boundary(), quiet_third_party():
             cfg = OmegaConf.create(os.environ[DDP_CONFIG_ENV])
             assert isinstance(cfg, DictConfig)
             take_eval_checks()

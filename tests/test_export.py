@@ -187,12 +187,12 @@ def test_cli_default_out_next_to_checkpoint(tiny_ckpt: Path, capsys: pytest.Capt
     ("args", "message"),
     [
         (["ckpt_path=/no/such/file.ckpt"], "ckpt_path='/no/such/file.ckpt' is not allowed: the file does not exist"),
-        (["format=onnx"], "Missing mandatory value: ckpt_path"),
+        (["format=onnx"], "ckpt_path is missing: set ckpt_path=PATH.ckpt"),
         (["ckpt_path=x.ckpt", "format=tflite"], "Invalid value 'tflite', expected one of [onnx, torchscript]"),
         (["ckpt_path=x.ckpt", "opset=abc"], "opset=abc: Value 'abc' of type 'str' could not be converted to Integer"),
         (["ckpt_path=x.ckpt", "opset=7"], "opset=7 is not allowed: opset must be a whole number >= 9"),
         (["ckpt_path=x.ckpt", "mean=0.5,0.5"], "Ambiguous value for argument 'mean=0.5,0.5'"),
-        (["fromat=onnx"], "Key 'fromat' not in 'ExportSchema'"),
+        (["fromat=onnx"], "unknown key 'fromat'; did you mean 'format'?"),
     ],
 )
 def test_cli_bad_input_is_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,8 +35,9 @@ def test_profile_writes_nothing_in_the_working_directory(
         ("width=-1", "width=-1.0 is not allowed: width must be a number > 0"),
         ("width=abc", "width=abc: Value 'abc' of type 'str' could not be converted to Float"),
         ("resolution=16", "resolution=16 is not allowed: resolution must be a whole number >= 32"),
-        ("model=v3", "Could not find 'model/v3'; available: v1, v2"),
-        ("depth=2", "Key 'depth' not in 'ProfileSchema'"),
+        ("model=v3", "unknown option 'model=v3'; choose from: model=v1, model=v2"),
+        ("depth=2", "unknown key 'depth'; choose from: "),
+        ("widht=2", "unknown key 'widht'; did you mean 'width'?"),
     ],
 )
 def test_profile_bad_input_is_one_line(arg: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -90,5 +91,10 @@ def collect_results(
         "train_warmup_steps": getattr(throughput, "warmup_steps", None),
         "wall_time_s": time.perf_counter() - started,
         "seed": cfg.seed,
+        "num_classes": hp["num_classes"],
+        # CPU kernels sum in an order set by the thread count: the same seed trains another model with another
+        # count (docs/training.md), so the count belongs to the result
+        "torch_threads": torch.get_num_threads(),
+        "lr": OmegaConf.select(cfg, "optimizer.lr"),
         "run_dir": str(run_dir),
     }

@@ -8,7 +8,9 @@ top-level keys, so ``width=abc`` or a misspelt key fails at composition. The sch
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -18,10 +20,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from mobilenet_pl.app.errors import ConfigError
-from mobilenet_pl.models.checks import is_finite_number
-from mobilenet_pl.models.hparams import DATA_KEYS, RUN_SETTINGS_KEY
-from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
-from mobilenet_pl.models.weights import describe, read_weights
 
 CONFIG_DIR_NAME = "conf"
 TOOLS = ("train", "eval", "profile", "export", "quantize", "benchmark", "report")
@@ -222,6 +220,8 @@ def _number(
     key: str, value: Any, minimum: float, *, inclusive: bool, kind: str = "number", maximum: float | None = None
 ) -> None:
     """``value`` is a finite number (an ``int`` where ``kind`` is a whole number) in its range, or `ConfigError`."""
+    from mobilenet_pl._checks import is_finite_number
+
     whole = kind == "whole number"
     ok = is_finite_number(value) and (
         isinstance(value, int) or not whole
@@ -283,10 +283,10 @@ def _accelerator_available(name: str) -> bool:
 
 def _check_accelerator(value: Any) -> None:
     """A name Lightning knows, for a device this machine has (tpu without torch_xla was a traceback)."""
+    if not isinstance(value, str) or value in ("auto", "cpu"):  # always here: no Lightning import needed
+        return
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
-    if not isinstance(value, str) or value == "auto":
-        return
     known = sorted(AcceleratorRegistry.available_accelerators())
     if value not in (*known, "gpu"):
         raise ConfigError(
@@ -349,6 +349,8 @@ def _check_trainer(trainer: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check values the schema cannot: ranges, whole numbers, paths, device counts, pairings of keys."""
+    from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE  # torch: not needed to compose a config
+
     _number("width", cfg.width, 0, inclusive=False, maximum=MAX_WIDTH)
     if cfg.resolution is not None:
         _number("resolution", cfg.resolution, MIN_INPUT_SIZE, inclusive=True, kind="whole number", maximum=MAX_SIZE)
@@ -370,6 +372,8 @@ def validate(cfg: DictConfig) -> None:
         root = Path(str(data.root)).expanduser()
         if not root.is_dir() or not any(root.iterdir()):
             raise ConfigError(f"data.root={str(root)!r} is not allowed: it must be an existing, non-empty folder")
+    from mobilenet_pl.models.weights import read_weights
+
     pretrained = cfg.model.get("pretrained")
     if isinstance(pretrained, str) and Path(pretrained).expanduser().exists():  # else a tag, checked by the model
         read_weights(pretrained, key="model.pretrained")
@@ -468,9 +472,11 @@ def check_run_dir(path: str) -> None:
 def check_device(key: str, value: Any) -> str:
     """``value`` as a torch device this machine has: ``auto`` (cuda where there is a GPU), ``cpu``, ``cuda`` or
     ``cuda:N``; anything else, or a GPU that is not here, is one `ConfigError` naming ``key``."""
+    text = str(value)
+    if text == "cpu":
+        return text
     import torch
 
-    text = str(value)
     if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind, colon, index = text.partition(":")
@@ -486,14 +492,39 @@ def check_device(key: str, value: Any) -> str:
     return text
 
 
+def unknown_name(kind: str, given: str, known: Iterable[str], prefix: str = "") -> str:
+    """``unknown key 'widht'; did you mean 'width'?``: the nearest of ``known`` (difflib), else the list of them.
+
+    Example:
+        >>> unknown_name("key", "widht", ["width", "seed"])
+        "unknown key 'widht'; did you mean 'width'?"
+    """
+    known = sorted(set(known))
+    close = difflib.get_close_matches(given, known, n=3, cutoff=0.7)  # depth is not width (0.6)
+    named = f"{prefix}{given}"
+    if close:
+        return f"unknown {kind} {named!r}; did you mean {' or '.join(repr(prefix + c) for c in close)}?"
+    return f"unknown {kind} {named!r}; choose from: {', '.join(prefix + c for c in known)}"
+
+
+# what a required top-level key (``???`` in conf/<tool>.yaml) holds, for its error line
+REQUIRED_VALUE = {"ckpt_path": "PATH.ckpt (a checkpoint written by python -m mobilenet_pl.train)", "sweep_dir": "PATH"}
+
+
+def check_required(tool: str, cfg: DictConfig) -> None:
+    """Every required top-level key is given: checked first, so its line comes before any other complaint."""
+    missing = [str(key) for key in cfg if key != "hydra" and OmegaConf.is_missing(cfg, key)]
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key} is missing: set {key}={REQUIRED_VALUE.get(key, 'VALUE')}")
+
+
 def check_known_keys(tool: str, cfg: DictConfig) -> None:
     """A top-level key the tool's schema does not name (``+modle=v1``) would be silently ignored: refuse it."""
     known = {field.name for field in fields(SCHEMAS[tool])} | {"hydra"}
     unknown = [str(key) for key in cfg if key not in known]
     if unknown:
-        raise ConfigError(
-            f"{unknown[0]} is not allowed: {tool} has no key {unknown[0]!r} (see python -m mobilenet_pl.{tool} --help)"
-        )
+        raise ConfigError(f"{unknown_name('key', unknown[0], known)} (see python -m mobilenet_pl.{tool} --help)")
     for field in fields(SCHEMAS[tool]):  # a typed group (recipe): ``+recipe.typo=1`` was silently ignored
         node = cfg.get(field.name)
         schema = SCHEMA_GROUPS.get(field.name)
@@ -539,6 +570,9 @@ def check_resume_checkpoint(
     Returns the keys that may change and did (``recipe.label_smoothing 0.1 -> 0.2``, and the run ``settings``
     such as ``trainer.max_epochs`` the checkpoint recorded), for the run to print."""
     import torch
+
+    from mobilenet_pl.models.hparams import DATA_KEYS, RUN_SETTINGS_KEY
+    from mobilenet_pl.models.weights import describe, read_weights
 
     saved = read_weights(path, key=key, checkpoint=True).hparams or {}
     ours = {"model": dict(hparams["model"]), **{k: hparams[k] for k in DATA_KEYS}}

@@ -20,16 +20,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mobilenet_pl._checks import first_line
 from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, RankLostError, is_collective_failure
-from mobilenet_pl.lit.data.eval_checks import checked_folders, remember_checked_folders
-from mobilenet_pl.lit.lightning_internals import detach_launched_processes
-from mobilenet_pl.models.checks import first_line
+
+if TYPE_CHECKING:  # Lightning is imported by the job, after its config was checked
+    import lightning as L
 
 # Set by a DDP job for the ranks Lightning launches: the job's run dir and its config (YAML). The
 # environment, not a file in the run dir: nodes sharing the dir never race on it and a kill leaves nothing.
@@ -75,6 +75,8 @@ def ddp_job_scope(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
 def hand_on_eval_checks() -> None:
     """Publish this process's evaluation-image checks to the ranks Lightning is about to launch (call after the
     data's ``setup``, before ``fit``)."""
+    from mobilenet_pl.lit.data.eval_checks import checked_folders
+
     text = checked_folders()
     if len(text) <= EVAL_CHECKS_MAX_BYTES:
         os.environ[EVAL_CHECKS_ENV] = text
@@ -84,6 +86,8 @@ def hand_on_eval_checks() -> None:
 
 def take_eval_checks() -> None:
     """In a launched rank: take the first process's evaluation-image checks (before the data's ``setup``)."""
+    from mobilenet_pl.lit.data.eval_checks import remember_checked_folders
+
     remember_checked_folders(os.environ.get(EVAL_CHECKS_ENV, ""))
 
 
@@ -158,6 +162,8 @@ def stop_on_lost_rank(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
     except Exception as err:
         if trainer.world_size < 2 or not is_collective_failure(err):
             raise
+        from mobilenet_pl.lit.lightning_internals import detach_launched_processes
+
         children = detach_launched_processes(trainer)  # before Lightning's watcher kills us
         message = lost_rank_message(trainer, run_dir, err, children)
         for proc in children:  # they cannot go on without this rank; they leave the report to it

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from types import ModuleType
 
-from mobilenet_pl.models.checks import first_line
+from mobilenet_pl._checks import first_line
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
@@ -94,27 +94,34 @@ _USER_OS_ERRORS = {
 }
 
 
+# the Lightning layer's expected failures, by module: looked up only where that module was imported (an error
+# from a module that never ran cannot be of its class), so a config typo never pays for importing Lightning
+_LIT_ERRORS = (
+    ("mobilenet_pl.lit.callbacks", "NonFiniteLossError"),
+    ("mobilenet_pl.lit.checkpoint_io", "CheckpointWriteError"),
+)
+
+
+def _loaded_classes(names: tuple[tuple[str, str], ...]) -> tuple[type, ...]:
+    found = (getattr(sys.modules.get(module), name, None) for module, name in names)
+    return tuple(cls for cls in found if isinstance(cls, type))
+
+
 def _expected(err: BaseException) -> BaseException | None:
     """The exception to report in one line, or None when ``err`` is a bug (keep the traceback)."""
     from hydra.errors import HydraException, InstantiationException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    from mobilenet_pl.lit.callbacks import NonFiniteLossError
-    from mobilenet_pl.lit.checkpoint_io import CheckpointWriteError
-    from mobilenet_pl.models.weights import WeightsFileError
-
     if isinstance(err, InstantiationException):  # a component refused its arguments: report the cause
         cause = err.__cause__
         return cause if isinstance(cause, (ValueError, FileNotFoundError, RuntimeError)) else None
     expected = (
-        ValueError,  # ConfigError included
-        WeightsFileError,  # a ValueError too; named so the mapping is visible: "KEY='PATH' is not allowed: why"
+        ValueError,  # ConfigError and the weights reader's WeightsFileError ("KEY='PATH' is not allowed: why")
         FileNotFoundError,
         MissingExtraError,
         CheckFailedError,
         RankLostError,
-        NonFiniteLossError,
-        CheckpointWriteError,
+        *_loaded_classes(_LIT_ERRORS),
         MissingConfigException,
         HydraException,  # override parse and composition errors
         OmegaConfBaseException,  # wrong type for a typed key, unknown key

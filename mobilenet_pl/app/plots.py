@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:  # the sweep report draws without torch
+    from torch import Tensor
 
 from mobilenet_pl.lit.figures import ANNOTATE_UP_TO, confusion_matrix_figure, printable, pyplot
 

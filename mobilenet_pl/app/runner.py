@@ -15,9 +15,13 @@ Hydra is told ``hydra.output_subdir=null`` and the job saves the record itself o
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +33,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from mobilenet_pl.app.config import check_known_keys, check_run_dir, config_dir, register_schemas
+from mobilenet_pl.app.config import (
+    check_known_keys,
+    check_required,
+    check_run_dir,
+    config_dir,
+    register_schemas,
+    unknown_name,
+)
 from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, error_boundary, one_line, require
 from mobilenet_pl.app.results import read_sweep_id
 
@@ -45,6 +56,74 @@ def _check_plugins(args: Sequence[str]) -> None:
         plugin = PLUGIN_OF_OVERRIDE.get(arg.lstrip("+~"))
         if plugin:
             require(plugin, arg)
+
+
+def _compose(name: str, args: Sequence[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return compose(name, overrides=list(args), return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _override_key(arg: str) -> str:
+    return arg.partition("=")[0].lstrip("+~").partition("@")[0]
+
+
+def _in_users_words(name: str, args: Sequence[str], err: Exception) -> ConfigError | None:
+    """Hydra's error for a misspelt key or group option as one line in the user's terms, with the nearest
+    names (``unknown key 'widht'; did you mean 'width'?``); None for any other error."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    found = re.search(r"Could not find '(.+)/([^/']+)'", str(err))
+    if isinstance(err, MissingConfigException) and err.options and found:  # model=v3
+        group, option = found.groups()
+        return ConfigError(unknown_name("option", option, err.options, prefix=f"{group}="))
+    found = re.match(r"Could not override '([^']+)'", str(err))
+    if not (isinstance(err, ConfigCompositionException) and found):
+        return None
+    if not isinstance(err.__cause__, (ConfigAttributeError, ConfigKeyError)):
+        return None
+    key = found.group(1)
+    parent, _, leaf = key.rpartition(".")
+    rest = [arg for arg in args if _override_key(arg) != key]
+    node: Any = None
+    for others in (rest, []):  # the user's other overrides may hold a second mistake: then the defaults
+        try:
+            node = OmegaConf.select(_compose(name, others), parent) if parent else _compose(name, others)
+            break
+        except Exception:  # only for the suggestion; the first error is the one reported
+            continue
+    known = [str(k) for k in node] if isinstance(node, DictConfig) else []
+    message = unknown_name("key", leaf, known, prefix=f"{parent}." if parent else "")
+    if isinstance(node, DictConfig) and "_target_" in node:  # a class's arguments: the YAML sets only some
+        value = next((arg.partition("=")[2] for arg in args if _override_key(arg) == key), "VALUE")
+        owner = str(node._target_).rsplit(".", 1)[-1]
+        message += f" (an argument of {owner} that the config does not set is added with +{key}={value})"
+    return ConfigError(message)
+
+
+def _check_sweep_keys(name: str, args: Sequence[str]) -> None:
+    """A sweep's misspelt key or option, in the user's words before Hydra starts: the config is composed with
+    each swept key at its first value. Anything else (a sweeper's own syntax) is left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    first = list(args)
+    try:
+        overrides = OverridesParser.create().parse_overrides(list(args))
+        first = [
+            f"{arg.split('=', 1)[0]}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else arg
+            for o, arg in zip(overrides, args, strict=True)
+        ]
+        cfg = _compose(name, first)
+    except Exception as err:
+        friendly = _in_users_words(name, first, err)
+        if friendly is not None:
+            raise friendly from None
+        return
+    check_known_keys(name, cfg)  # +modle=v1
 
 
 def _quoting_hint(err: BaseException, args: Sequence[str]) -> str | None:
@@ -66,24 +145,23 @@ def _quoting_hint(err: BaseException, args: Sequence[str]) -> str | None:
 
 def _check_composes(name: str, args: Sequence[str]) -> None:
     """Compose ``name`` with ``args`` as Hydra will, so bad overrides fail here, in the boundary."""
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            try:
-                cfg = compose(name, overrides=list(args), return_hydra_config=True)
-            except Exception as err:
-                hint = _quoting_hint(err, args)
-                if hint is None:
-                    raise
-                raise ConfigError(f"{one_line(err)}; {hint}") from err
-            check_run_dir(str(cfg.hydra.run.dir))  # Hydra would make it before the job, with a traceback
-            check_known_keys(name, cfg)
-            # a run dir Hydra is about to make (a timestamped default, or a path not there yet) is removed again
-            # if the run is refused and nothing but its lock was written into it
-            unresolved = str(OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir", ""))  # type: ignore[union-attr]
-            _new_run_dir[:] = ["${now:" in unresolved or not Path(str(cfg.hydra.run.dir)).expanduser().exists()]
-    finally:
-        GlobalHydra.instance().clear()
+        cfg = _compose(name, args)
+    except Exception as err:
+        friendly = _in_users_words(name, args, err)
+        if friendly is None:
+            hint = _quoting_hint(err, args)
+            if hint is None:
+                raise
+            friendly = ConfigError(f"{one_line(err)}; {hint}")
+        raise friendly from None
+    check_run_dir(str(cfg.hydra.run.dir))  # Hydra would make it before the job, with a traceback
+    check_known_keys(name, cfg)
+    check_required(name, cfg)
+    # a run dir Hydra is about to make (a timestamped default, or a path not there yet) is removed again
+    # if the run is refused and nothing but its lock was written into it
+    unresolved = str(OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir", ""))  # type: ignore[union-attr]
+    _new_run_dir[:] = ["${now:" in unresolved or not Path(str(cfg.hydra.run.dir)).expanduser().exists()]
 
 
 # whether the plain run's dir did not exist before this run (set by `_check_composes`)
@@ -147,6 +225,53 @@ def save_run_record() -> None:
         (out / file).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
 
+# Third-party lines a user of these commands cannot act on, dropped while a command runs (and only then):
+# (logger name, start of the message) and (warning category, message regex)
+QUIET_LOG_LINES = (
+    ("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),  # an ad for litlogger
+    ("lightning.fabric.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),  # onnxruntime/torchao on a CPU-only machine
+)
+QUIET_WARNINGS = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)  # inside Lightning 2.6
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """Drop `QUIET_LOG_LINES` and `QUIET_WARNINGS` for the duration of a command, nothing else."""
+    filters: dict[str, _DropLines] = {}
+    for name, start in QUIET_LOG_LINES:
+        filters.setdefault(name, _DropLines(())).starts += (start,)
+    for name, drop in filters.items():
+        logging.getLogger(name).addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            for category, message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        for name, drop in filters.items():
+            logging.getLogger(name).removeFilter(drop)
+
+
+def lightning_logs_once() -> None:
+    """Call after importing Lightning. The commands import it after Hydra set up logging, so its messages reach
+    Hydra's handler (the job's stdout) and also the stderr handler ``lightning/__init__.py`` adds to the
+    ``lightning`` logger: every line twice. Where the root logger has a handler, that one prints them."""
+    if logging.getLogger().handlers:
+        lightning = logging.getLogger("lightning")
+        for handler in list(lightning.handlers):
+            lightning.removeHandler(handler)
+
+
 def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> int:
     """Run ``task`` on the composed ``conf/<name>.yaml`` and ``argv`` (default: the command line).
 
@@ -155,22 +280,23 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
     """
     args = list(sys.argv[1:] if argv is None else argv)
     register_schemas()
-
     args, record_subdir = _split_output_subdir(name, args)
     _new_run_dir.clear()
 
-    def checked_task(cfg: DictConfig) -> Any:
+    def checked_task(cfg: DictConfig, multirun: bool) -> Any:
         _pending_record.clear()
         if record_subdir is not None:
             _pending_record.append((copy.deepcopy(cfg), record_subdir))
         try:
             check_known_keys(name, cfg)  # Hydra flags skip `_check_composes`
+            if not multirun:
+                check_required(name, cfg)
             result = task(cfg)
             save_run_record()  # a task that did not save it after its checks: the run went through
             return result
         except BaseException:
             refused = bool(_pending_record)  # its checks did not pass: the record was never saved
-            if refused and _new_run_dir == [True] and HydraConfig.get().mode != RunMode.MULTIRUN:
+            if refused and _new_run_dir == [True] and not multirun:
                 _remove_if_untouched(Path(HydraConfig.get().runtime.output_dir))
             raise
         finally:
@@ -178,11 +304,11 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
 
     def job(cfg: DictConfig) -> Any:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
-            with error_boundary():
-                return checked_task(cfg)
+            with error_boundary(), quiet_third_party():
+                return checked_task(cfg, multirun=False)
         try:  # a failed job of a sweep is recorded and the sweep goes on
-            with error_boundary():
-                return checked_task(cfg)
+            with error_boundary(), quiet_third_party():
+                return checked_task(cfg, multirun=True)
         except (Exception, SystemExit) as err:
             if isinstance(err, SystemExit) and err.code != EXIT_BAD_INPUT:  # e.g. SIGTERM's 143: stop the sweep
                 raise
@@ -198,6 +324,8 @@ def run_tool(name: str, task: Callable[[DictConfig], Any], argv: Sequence[str] |
             _check_plugins(args)
             if not any(arg.startswith("-") for arg in args):
                 _check_composes(name, args)
+            elif {arg for arg in args if arg.startswith("-")} <= {"-m", "--multirun"}:
+                _check_sweep_keys(name, [arg for arg in args if not arg.startswith("-")])
         # argv[0] stays: Lightning relaunches DDP ranks from it (a console script or a wrapper script)
         sys.argv = [saved[0], *args]
         app()

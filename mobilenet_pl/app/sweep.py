@@ -14,15 +14,17 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mobilenet_pl.app.errors import EXIT_BAD_INPUT, ConfigError, one_line
-from mobilenet_pl.app.results import RESULTS_FILE, new_sweep_id, read_results, read_sweep_id
+from mobilenet_pl.app.results import CHANCE_FACTOR, RESULTS_FILE, new_sweep_id, read_results, read_sweep_id
 from mobilenet_pl.app.runner import FAILED_FILE
 from mobilenet_pl.lit.figures import pyplot
 
 COLUMNS = [
     "job",
+    "source",  # train: a training run's results.json; eval:<split>: one written by python -m mobilenet_pl.eval
     "model",
     "width",
     "resolution",
+    "num_classes",
     "params",
     "madds",
     "val_acc1",
@@ -77,17 +79,20 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
             continue
         results = files[RESULTS_FILE]
         metrics = results.get("metrics", {})
+        split = results.get("split")  # only eval writes it; its top-1 is on that split
         rows.append(
             {
                 **job,
+                "source": f"eval:{split}" if split else "train",
                 "model": results["model"],
                 "width": results["width"],
                 "resolution": results["resolution"],
+                "num_classes": results.get("num_classes"),
                 "params": results["params"],
                 "madds": results["madds"],
                 "val_acc1": metrics.get("val/acc1"),
-                "test_acc1": metrics.get("test/acc1"),
-                "test_acc5": metrics.get("test/acc5"),
+                "test_acc1": metrics.get(f"{split}/acc1" if split and split != "val" else "test/acc1"),
+                "test_acc5": metrics.get(f"{split}/acc5" if split and split != "val" else "test/acc5"),
                 "test_samples": results.get("test_samples"),
                 "epochs": results.get("epochs"),
                 "wall_time_s": round(results.get("wall_time_s", 0.0), 1),
@@ -110,8 +115,23 @@ def write_summary(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy vs mult-adds (log scale); points of one model and resolution are joined by width."""
+    """`tradeoff_figure` of ``rows``, saved to ``path``."""
+    fig = tradeoff_figure(rows)
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
+def tradeoff_figure(rows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
+    """Accuracy vs mult-adds (log scale); points of one model and resolution are joined by width.
+
+    The y-axis spans 0-100 % with chance level (1 / classes) drawn, so a sweep of runs that learned nothing
+    reads as noise at chance, not as a trend. Training runs only, where there are any (eval rows measure
+    the same checkpoints again, maybe on another split)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     rows = [row for row in rows if row["error"] is None]  # failed jobs have no point
+    rows = [row for row in rows if row.get("source", "train") == "train"] or rows
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     metric = "test_acc1" if all(r["test_acc1"] is not None for r in rows) else "val_acc1"
@@ -131,16 +151,20 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> Path:
                 xytext=(4, 4),
                 fontsize=8,
             )
+    for classes in sorted({r["num_classes"] for r in rows if isinstance(r.get("num_classes"), int)}):
+        ax.axhline(100 / classes, color="grey", linestyle="--", linewidth=1, label=f"chance (1/{classes} classes)")
+    ax.set_ylim(0, 100)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 20, not 2x10^1
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("mult-adds (millions, log scale)")
     ax.set_ylabel(f"{metric.replace('_acc1', '')} top-1 (%)")
     ax.set_title("accuracy vs computation (one point per job)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write_report(sweep_dir: str | Path) -> tuple[Path, Path] | None:
@@ -152,18 +176,90 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path] | None:
     return write_summary(rows, sweep_dir / "summary.csv"), plot_tradeoff(rows, sweep_dir / "tradeoff.png")
 
 
+def _table(header: list[str], cells: list[list[str]]) -> list[str]:
+    """Columns as wide as their widest cell: text left-aligned, numbers right-aligned."""
+    widths = [max(len(text) for text in column) for column in zip(header, *cells, strict=True)]
+    numeric = [all(_is_number(row[i]) for row in cells) for i in range(len(header))]
+    return [
+        "  ".join(t.rjust(w) if num else t.ljust(w) for t, w, num in zip(row, widths, numeric, strict=True)).rstrip()
+        for row in (header, *cells)
+    ]
+
+
+def _is_number(text: str) -> bool:
+    return text == "-" or text.replace(".", "", 1).replace("%", "").isdigit()
+
+
+def _pct(value: float | None) -> str:
+    return f"{100 * value:.2f}" if value is not None else "-"
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'job':<6}{'model':<14}{'width':>6}{'res':>5}{'M madds':>9}{'val top-1':>10}{'test top-1':>11}"]
-    for r in rows:
-        if r["error"] is not None:
-            lines.append(f"{r['job']:<6}failed: {r['error']}")
-            continue
-        val = f"{100 * r['val_acc1']:.2f}" if r["val_acc1"] is not None else "-"
-        test = f"{100 * r['test_acc1']:.2f}" if r["test_acc1"] is not None else "-"
-        lines.append(
-            f"{r['job']:<6}{r['model']:<14}{r['width']:>6g}{r['resolution']:>5}{r['madds'] / 1e6:9.1f}{val:>10}{test:>11}"
-        )
+    """The report as a table per source: training runs, then evaluations (eval's results.json), then failures."""
+    trained = [r for r in rows if r["error"] is None and r.get("source", "train") == "train"]
+    evaluated = [r for r in rows if r["error"] is None and r.get("source", "train") != "train"]
+    lines = []
+    if trained:
+        header = ["job", "model", "width", "res", "M madds", "epochs", "val top-1", "test top-1"]
+        cells = [
+            [
+                str(r["job"]),
+                str(r["model"]),
+                f"{r['width']:g}",
+                str(r["resolution"]),
+                f"{r['madds'] / 1e6:.1f}",
+                str(r["epochs"]) if r.get("epochs") is not None else "-",
+                _pct(r["val_acc1"]),
+                _pct(r["test_acc1"]),
+            ]
+            for r in trained
+        ]
+        lines += ["training runs", *_table(header, cells)]
+    if evaluated:
+        header = ["job", "model", "width", "res", "M madds", "split", "top-1", "top-5", "images"]
+        cells = [
+            [
+                str(r["job"]),
+                str(r["model"]),
+                f"{r['width']:g}",
+                str(r["resolution"]),
+                f"{r['madds'] / 1e6:.1f}",
+                str(r["source"]).removeprefix("eval:"),
+                _pct(r["val_acc1"] if r["source"] == "eval:val" else r["test_acc1"]),
+                _pct(r["test_acc5"]),
+                str(r["test_samples"]),
+            ]
+            for r in evaluated
+        ]
+        lines += [*([""] if lines else []), "evaluations (python -m mobilenet_pl.eval)", *_table(header, cells)]
+    failed = [r for r in rows if r["error"] is not None]
+    if failed:
+        lines += [*([""] if lines else []), "failed jobs", *(f"{r['job']}  {r['error']}" for r in failed)]
+    chance = sorted({r["num_classes"] for r in rows if isinstance(r.get("num_classes"), int)})
+    if chance:
+        lines.append("chance level " + ", ".join(f"{100 / n:.2f}% ({n} classes)" for n in chance))
+    warning = near_chance_note(rows)
+    if warning:
+        lines.append(warning)
     return "\n".join(lines)
+
+
+def near_chance_note(rows: list[dict[str, Any]]) -> str | None:
+    """A line naming the training jobs whose top-1 is under `CHANCE_FACTOR` x chance, and what to change."""
+    near = [
+        r["job"]
+        for r in rows
+        if r["error"] is None
+        and r.get("source", "train") == "train"
+        and isinstance(r.get("num_classes"), int)
+        and (r["test_acc1"] if r["test_acc1"] is not None else r["val_acc1"] or 0.0) < CHANCE_FACTOR / r["num_classes"]
+    ]
+    if not near:
+        return None
+    return (
+        f"near chance  job(s) {', '.join(map(str, near))} scored under {CHANCE_FACTOR:g}x chance level: they have not "
+        "learned yet, and their differences are noise; train longer (trainer.max_epochs) or change optimizer.lr"
+    )
 
 
 class SweepSummary(Callback):
@@ -181,6 +277,9 @@ class SweepSummary(Callback):
             raise SystemExit(EXIT_BAD_INPUT) from None
         if written:
             print(f"sweep summary: {written[0]}\ntrade-off plot: {written[1]}")
+            warning = near_chance_note(rows)
+            if warning:
+                print(warning)
         failed = [row for row in rows if row["error"] is not None]
         if failed:
             print(

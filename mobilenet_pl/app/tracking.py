@@ -52,6 +52,10 @@ class TrackedWandbLogger(WandbLogger):
     def __init__(self, *, run_mode: str, **kwargs: Any) -> None:
         super().__init__(mode=run_mode, **kwargs)
         self.resolved_mode = run_mode
+        # Lightning passes anonymous=None to wandb.init always; W&B then warns "The anonymous setting has no
+        # effect" on every run. Not passing it is the same run (tests/app/test_noise.py checks the attribute).
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
 
 def wandb_logger(

@@ -4,9 +4,10 @@ report here and the apps' saved plots (``app.plots``). matplotlib is imported on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+if TYPE_CHECKING:  # the sweep report draws with these helpers and never needs torch
+    from torch import Tensor
 
 ANNOTATE_UP_TO = 30  # classes; beyond this, counts and names would not fit in the cells and ticks
 

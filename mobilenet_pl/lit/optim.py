@@ -18,7 +18,7 @@ from timm.optim import RMSpropTF, param_groups_weight_decay
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from mobilenet_pl.models.checks import is_finite_number
+from mobilenet_pl._checks import is_finite_number
 
 SchedulerConfig = dict[str, Any]
 

@@ -24,8 +24,8 @@ from timm.layers import SelectAdaptivePool2d
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
+from mobilenet_pl._checks import is_finite_number
 from mobilenet_pl.models.blocks import DepthwiseSeparable, InvertedResidual
-from mobilenet_pl.models.checks import is_finite_number
 from mobilenet_pl.models.layers import ActLayer, ConvBNAct, make_divisible, resolve_act_layer
 from mobilenet_pl.models.specs import ArchSpec, StageSpec
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mobilenet_pl._checks import MAX_DETAIL, first_line
 from mobilenet_pl.models import convert
-from mobilenet_pl.models.checks import MAX_DETAIL, first_line
 from mobilenet_pl.models.convert import (
     PRETRAINED,
     available_pretrained,

@@ -23,7 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
         (["data=imagefolder"], "error: data.root is missing: set data.root=/path/to/images"),
         (["ckpt_path=/no/such.ckpt"], "error: ckpt_path='/no/such.ckpt' is not allowed: the file does not exist"),
         (["width=abc"], "Value 'abc' of type 'str' could not be converted to Float"),
-        (["model=v3"], "Could not find 'model/v3'"),
+        (["model=v3"], "unknown option 'model=v3'; choose from: model=v1, model=v2"),
+        (["widht=0.5"], "unknown key 'widht'; did you mean 'width'?"),
+        (["trainer.max_epoch=3"], "unknown key 'trainer.max_epoch'; did you mean 'trainer.max_epochs'?"),
+        (["trainer=gpuu"], "unknown option 'trainer=gpuu'; did you mean 'trainer=gpu'?"),
+        (["+modle=v1"], "unknown key 'modle'; did you mean 'model'?"),
     ],
 )
 def test_bad_input_exits_nonzero_without_traceback(args: list[str], expected: str, tmp_path: Path) -> None:
@@ -32,8 +36,7 @@ def test_bad_input_exits_nonzero_without_traceback(args: list[str], expected: st
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]  # Hydra's errors too
-    if args == ["model=v3"]:
-        assert "available: v1, v2" in lines[0]  # the allowed choices are listed
+    assert not any(word in lines[0] for word in ("Schema", "struct", "Could not"))  # the user's words, not ours
 
 
 def test_wheel_ships_configs_and_runs_from_any_directory(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torchvision
 
+from mobilenet_pl._checks import first_line, is_finite_number
 from mobilenet_pl.models import WeightsFileError, create_model, read_weights
-from mobilenet_pl.models.checks import first_line, is_finite_number
 
 ARCH = {"name": "mobilenet_v1", "width": 0.25, "small_input": True}
 

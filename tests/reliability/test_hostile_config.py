@@ -76,7 +76,7 @@ def test_bad_randaugment_string_is_refused_up_front(
 def test_unknown_top_level_key_is_refused_in_a_sweep_too(tmp_path: Path) -> None:
     proc = run_cli("mobilenet_pl.train", "-m", "+modle=v1", *FAST, "logger=none", "test=false", cwd=tmp_path)
     assert proc.returncode != 0
-    assert "error: modle is not allowed" in proc.stderr
+    assert "error: unknown key 'modle'; did you mean 'model'?" in proc.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
 
 

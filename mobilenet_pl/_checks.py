@@ -1,7 +1,7 @@
 """Two small helpers every floor uses: "is this a finite real number" and "the first line of an error".
 
-They live here, in the lowest floor that needs them, so the app, the Lightning layer and the models
-agree on both.
+They stand below every floor (like `_version`) and import nothing but the standard library, so the app,
+the Lightning layer and the models agree on both, and the commands' error lines cost no import of torch.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ def is_finite_number(value: Any) -> bool:
     """True for an ``int`` or ``float`` that is not a ``bool``, NaN or infinite.
 
     Example:
-        >>> [is_finite_number(v) for v in (1, 0.5, True, float("nan"), "1")]
-        [True, True, False, False, False]
+        >>> tuple(is_finite_number(v) for v in (1, 0.5, True, float("nan"), "1"))
+        (True, True, False, False, False)
     """
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
