@@ -12,9 +12,14 @@ ExecuTorch's runtime replaces TorchScript's mobile interpreter, which is depreca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,23 +96,57 @@ def export_executorch(
     return path
 
 
+# what the native runtime prints on every start (cpuinfo probing ARM files on x86, the thread pool size)
+_NATIVE_NOISE = re.compile(r"^\[(cpuinfo_utils|threadpool)\.cpp:\d+\]")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Drop the runtime's start-up lines that C++ writes to file descriptor 2; everything else is passed
+    on (all of it when the block fails)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines if failed or not _NATIVE_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def load_program(path: str | Path) -> Any:
     """The ExecuTorch program at ``path`` in the Python runtime (``executorch.runtime``)."""
     runtime = require("executorch.runtime", "running .pte files")
-    return runtime.Runtime.get().load_program(Path(path))
+    with quiet_native_stderr():
+        return runtime.Runtime.get().load_program(Path(path))
+
+
+def load_method(path: str | Path, name: str = "forward") -> Any:
+    """Method ``name`` of the program at ``path``, loaded (XNNPACK initialises its kernels here)."""
+    program = load_program(path)
+    with quiet_native_stderr():
+        return program.load_method(name)
 
 
 def read_pte_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata a ``.pte`` written here carries (``{}`` for one without the ``metadata`` method)."""
-    program = load_program(path)
-    if METADATA_METHOD not in program.method_names:
+    if METADATA_METHOD not in load_program(path).method_names:
         return {}
-    return dict(json.loads(program.load_method(METADATA_METHOD).execute(())[0]))
+    return dict(json.loads(load_method(path, METADATA_METHOD).execute(())[0]))
 
 
 def pte_forward(path: str | Path) -> Callable[[Tensor], Tensor]:
     """Logits of the ``.pte`` at ``path`` for a batch, run one image at a time (the program's batch is 1)."""
-    method = load_program(path).load_method("forward")
+    method = load_method(path)
 
     def forward(x: Tensor) -> Tensor:
         return torch.cat([method.execute((x[i : i + 1].contiguous(),))[0] for i in range(len(x))])
@@ -117,7 +156,7 @@ def pte_forward(path: str | Path) -> Callable[[Tensor], Tensor]:
 
 def pte_call(path: str | Path, x: Tensor) -> Callable[[], Any]:
     """A no-argument call running the ``.pte`` at ``path`` on the batch-1 input ``x`` (for timing loops)."""
-    method = load_program(path).load_method("forward")
+    method = load_method(path)
     inputs = (x[:1].contiguous(),)
     return lambda: method.execute(inputs)
 

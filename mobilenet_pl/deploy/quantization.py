@@ -52,7 +52,10 @@ def set_runtime_threads(threads: int) -> None:
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     except ImportError:  # an older runtime: its own default
         return
-    _unsafe_reset_threadpool(threads)
+    from mobilenet_pl.deploy.executorch import quiet_native_stderr
+
+    with quiet_native_stderr():
+        _unsafe_reset_threadpool(threads)
 
 
 def _latency(runners: dict[str, Callable[[], Any]], calls: int, repeats: int) -> dict[str, list[float]]:
@@ -85,7 +88,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if qat_dir is not None:
         check_writable("qat_dir", qat_dir / "last.ckpt")
     model, hp = load_model(cfg.ckpt_path)
-    resolution = hp["resolution"] if cfg.resolution is None else cfg.resolution
+    if cfg.resolution is None:  # the data configs follow ${resolution}: the checkpoint's
+        cfg.resolution = hp["resolution"]
+    resolution = int(cfg.resolution)
     if resolution != hp["resolution"] and fmt == "executorch":
         raise ConfigError(
             f"resolution={resolution} is not allowed for format=executorch: the checkpoint was trained at "
