@@ -42,7 +42,7 @@ def test_benchmark_every_section_writes_json(tmp_path: Path, capsys: pytest.Capt
     env = report["environment"]
     assert env["cpu"] and env["collect_env"]["torch_version"].startswith(torch.__version__.split("+")[0])
     results = report["results"]
-    assert list(results) == [s for s in SECTIONS if s not in ("app", "modes")]  # the default sections
+    assert list(results) == [s for s in SECTIONS if s not in ("app", "modes", "deploy")]  # the default sections
 
     assert set(results["train"]) == {"v1", "v2"}
     assert set(results["train"]["v2"]["entries"]) == {"ours", "timm", "torchvision"}

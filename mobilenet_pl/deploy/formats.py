@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from mobilenet_pl.app.errors import require
+from mobilenet_pl.deploy.metadata import METADATA_FILE, decode_value
 
 FORMATS = ("onnx", "executorch", "torchscript")
 
@@ -38,3 +40,22 @@ def export_model(fmt: str, model: nn.Module, path: Path, resolution: int, *, ops
     from mobilenet_pl.deploy.torchscript import export_torchscript
 
     return export_torchscript(model, path, resolution, **meta)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Metadata of an ONNX (``.onnx``), ExecuTorch (``.pte``) or TorchScript export, values decoded (lists,
+    numbers, strings)."""
+    path = Path(path)
+    if path.suffix == ".pte":
+        from mobilenet_pl.deploy.executorch import read_pte_metadata
+
+        return read_pte_metadata(path)
+    if path.suffix == ".onnx":
+        onnx = require("onnx", "reading ONNX metadata")
+        model = onnx.load(str(path), load_external_data=False)
+        return {prop.key: decode_value(prop.value) for prop in model.metadata_props}
+    extra = {METADATA_FILE: ""}
+    from mobilenet_pl.deploy.torchscript import load_torchscript
+
+    load_torchscript(path, extra)
+    return dict(json.loads(extra[METADATA_FILE])) if extra[METADATA_FILE] else {}

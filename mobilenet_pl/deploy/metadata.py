@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from mobilenet_pl._version import __version__
-from mobilenet_pl.app.errors import require
 
 METADATA_FILE = "metadata.json"  # TorchScript _extra_files key
 
@@ -63,25 +61,6 @@ def decode_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Metadata of an ONNX (``.onnx``), ExecuTorch (``.pte``) or TorchScript export, values decoded (lists,
-    numbers, strings)."""
-    path = Path(path)
-    if path.suffix == ".pte":
-        from mobilenet_pl.deploy.executorch import read_pte_metadata
-
-        return read_pte_metadata(path)
-    if path.suffix == ".onnx":
-        onnx = require("onnx", "reading ONNX metadata")
-        model = onnx.load(str(path), load_external_data=False)
-        return {prop.key: decode_value(prop.value) for prop in model.metadata_props}
-    extra = {METADATA_FILE: ""}
-    from mobilenet_pl.deploy.torchscript import load_torchscript
-
-    load_torchscript(path, extra)
-    return dict(json.loads(extra[METADATA_FILE])) if extra[METADATA_FILE] else {}
 
 
 def checkpoint_export_args(
