@@ -306,7 +306,43 @@ def test_int8_pte_keeps_top1_within_a_point_at_a_third_of_the_size(
     assert read_metadata(out)["quantization"] == method and read_metadata(out)["class_names"][0] == "0"
     if method == "qat":
         qat_dir = Path(report["qat"]["dir"])
-        assert qat_dir == tmp_path / f"{method}.int8.pte.qat" and (qat_dir / "last.ckpt").is_file()
+        assert qat_dir == tmp_path / f"{method}.int8.pte.qat" and (qat_dir / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [out.name] + ([f"{out.name}.qat"] if method == "qat" else [])
     )
+
+
+@pytest.mark.slow
+def test_qat_freezes_batchnorm_statistics_and_ranges_after_their_epochs(tmp_path: Path) -> None:
+    """torchvision's recipe on a captured graph: from ``qat_freeze_bn_epoch`` the running statistics and from
+    ``qat_freeze_observer_epoch`` the quantization ranges stay as they were, while the weights keep training."""
+    pytest.importorskip("executorch")
+    from omegaconf import OmegaConf
+
+    from mobilenet_pl import create_model
+    from mobilenet_pl.deploy.int8 import prepare
+    from mobilenet_pl.deploy.qat import fine_tune
+    from mobilenet_pl.lit.data import FakeDataModule
+
+    datamodule = FakeDataModule(num_classes=4, train_size=32, val_size=16, test_size=16, resolution=32, batch_size=16)
+    datamodule.setup("fit")
+    prepared = prepare(create_model("v2", width=0.25, num_classes=4), 3, 32, qat=True)
+    cfg = OmegaConf.create(
+        {"qat_lr": 0.05, "qat_epochs": 3, "qat_freeze_bn_epoch": 1, "qat_freeze_observer_epoch": 2}
+        | {"logger": None, "qat_ckpt_path": None}
+    )
+    summary = fine_tune(prepared, datamodule, cfg, tmp_path / "qat")
+    assert summary["epochs"] == 3 and 0.0 <= summary["val_acc1"] <= 1.0
+    states = [
+        torch.load(tmp_path / "qat" / "checkpoints" / f"qat-epoch{e:03d}.ckpt", weights_only=True)["state_dict"]
+        for e in range(3)
+    ]
+
+    def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], marker: str) -> bool:
+        keys = [k for k in a if marker in k and a[k].is_floating_point()]
+        assert keys, marker
+        return any(a[k].shape != b[k].shape or not torch.equal(a[k], b[k]) for k in keys)
+
+    assert changed(states[0], states[1], "weight")  # still training
+    assert not changed(states[0], states[1], "running_mean") and not changed(states[1], states[2], "running_var")
+    assert changed(states[0], states[1], "scale") and not changed(states[1], states[2], "scale")

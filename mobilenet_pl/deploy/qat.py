@@ -11,6 +11,8 @@ QAT run dir, a ``last.ckpt`` on SIGTERM that ``qat_ckpt_path=`` resumes.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import types
 from typing import Any
 
@@ -92,7 +94,8 @@ class QATModule(L.LightningModule):
 
 def fine_tune(prepared: torch.fx.GraphModule, datamodule: Any, cfg: Any, run_dir: Any) -> dict[str, Any]:
     """Fine-tune ``prepared`` in place for ``cfg.qat_epochs`` on ``datamodule``'s training split, validating
-    each epoch; checkpoints (``last.ckpt``, SIGTERM included) and the logger's files go to ``run_dir``."""
+    each epoch; checkpoints (``checkpoints/last.ckpt``, SIGTERM included) and the logger's files go to
+    ``run_dir``."""
     from pathlib import Path
 
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -117,7 +120,11 @@ def fine_tune(prepared: torch.fx.GraphModule, datamodule: Any, cfg: Any, run_dir
         logger=logger if logger is not None else False,
         callbacks=[
             ModelCheckpoint(
-                dirpath=run_dir, filename="qat-epoch{epoch:03d}", auto_insert_metric_name=False, save_last=True
+                dirpath=run_dir / "checkpoints",
+                filename="qat-epoch{epoch:03d}",
+                auto_insert_metric_name=False,
+                save_top_k=-1,  # one per epoch: a few MB each
+                save_last=True,
             ),
             CheckpointOnSigterm(),
         ],
@@ -125,8 +132,11 @@ def fine_tune(prepared: torch.fx.GraphModule, datamodule: Any, cfg: Any, run_dir
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=min(50, max(1, len(datamodule.train_dataloader()))),
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.qat_ckpt_path, weights_only=False)
+    # the command's stdout is its report (JSON with json=true): the progress bar and Lightning's lines go to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.qat_ckpt_path, weights_only=True)
     prepared.eval()
     return {
         "epochs": int(cfg.qat_epochs),

@@ -83,7 +83,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if qat_dir is not None and cfg.qat_ckpt_path is None and qat_dir.exists() and any(qat_dir.iterdir()):
         raise ConfigError(
             f"qat_dir={str(qat_dir)!r} is not allowed: it holds an earlier QAT run; resume it with "
-            f"qat_ckpt_path={qat_dir / 'last.ckpt'} or choose another qat_dir"
+            f"qat_ckpt_path={qat_dir / 'checkpoints' / 'last.ckpt'} or choose another qat_dir"
         )
     if qat_dir is not None:
         check_writable("qat_dir", qat_dir / "last.ckpt")
