@@ -346,3 +346,12 @@ def test_qat_freezes_batchnorm_statistics_and_ranges_after_their_epochs(tmp_path
     assert changed(states[0], states[1], "weight")  # still training
     assert not changed(states[0], states[1], "running_mean") and not changed(states[1], states[2], "running_var")
     assert changed(states[0], states[1], "scale") and not changed(states[1], states[2], "scale")
+    # resume (what SIGTERM's last.ckpt is for): a fresh graph from the same checkpoint continues at epoch 3
+    # with the ranges and statistics as they were frozen
+    again = prepare(create_model("v2", width=0.25, num_classes=4), 3, 32, qat=True)
+    last = tmp_path / "qat" / "checkpoints" / "last.ckpt"
+    fine_tune(again, datamodule, OmegaConf.merge(cfg, {"qat_epochs": 4, "qat_ckpt_path": str(last)}), tmp_path / "qat")
+    resumed = torch.load(tmp_path / "qat" / "checkpoints" / "qat-epoch003.ckpt", weights_only=True)["state_dict"]
+    assert not changed(states[2], resumed, "running_mean") and not changed(states[2], resumed, "scale")
+    # (the weights stay too: the restored cosine schedule reached 0 at its 3 epochs; SIGTERM's resume
+    # continues the same qat_epochs)

@@ -62,9 +62,10 @@ class QATModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         from torchao.quantization.pt2e import disable_observer
 
-        if self.current_epoch >= self.freeze_bn_epoch and not self.bn_frozen:
+        if self.current_epoch >= self.freeze_bn_epoch:
             self.bn_frozen = True
-            self.model.train()  # now the eval form: running statistics no longer move
+        # every epoch, not only at the freeze: a resumed run starts from a fresh graph in its train form
+        self.model.train()  # the train form, or the eval form once BatchNorm is frozen
         if self.current_epoch >= self.freeze_observer_epoch:
             self.model.apply(disable_observer)
 
