@@ -28,9 +28,15 @@ SUFFIX = {ExportFormat.onnx: ".onnx", ExportFormat.executorch: ".pte", ExportFor
 def export(cfg: DictConfig) -> None:
     check_values(cfg, {"opset": MIN_OPSET, "resolution": MIN_INPUT_SIZE})
     fmt = cfg.format.value
-    require_format(fmt, check=cfg.check)
     out = check_output("out", output_path(cfg.out, cfg.ckpt_path, SUFFIX[cfg.format]), cfg.overwrite)
-    check_writable("out", out)
+    check_writable("out", out)  # both before the heavy imports: a refused output answers at once
+    require_format(fmt, check=cfg.check)
+    if cfg.format == ExportFormat.torchscript:
+        print(
+            "note: TorchScript is deprecated upstream; on devices use format=executorch (ExecuTorch), "
+            "on servers format=onnx",
+            file=sys.stderr,
+        )
     model, hp = load_model(cfg.ckpt_path)
     resolution = hp["resolution"] if cfg.resolution is None else cfg.resolution
     args = checkpoint_export_args(hp, cfg.mean, cfg.std)

@@ -75,7 +75,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fmt, method = cfg.format.value, cfg.method.value
     if method == "qat" and fmt != "executorch":
         raise ConfigError("method=qat is not allowed with format=onnx: QAT goes through PT2E to format=executorch")
-    require_format(fmt)
     threads = torch.get_num_threads() if cfg.threads is None else cfg.threads
     out = check_output("out", output_path(cfg.out, cfg.ckpt_path, ".int8" + SUFFIX[fmt]), cfg.overwrite)
     check_writable("out", out)
@@ -87,6 +86,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     if qat_dir is not None:
         check_writable("qat_dir", qat_dir / "last.ckpt")
+    require_format(fmt)  # after the output checks: a refused output answers before the heavy imports
     model, hp = load_model(cfg.ckpt_path)
     if cfg.resolution is None:  # the data configs follow ${resolution}: the checkpoint's
         cfg.resolution = hp["resolution"]
