@@ -181,7 +181,7 @@ def test_benchmark_single_section_and_width_without_timm_peer(tmp_path: Path) ->
     [
         (
             "sections=[train,warp]",
-            "Invalid value 'warp', expected one of [train, infer, lightning, pipeline, export, app, modes]",
+            "Invalid value 'warp', expected one of [train, infer, lightning, pipeline, export, app, modes, deploy]",
         ),
         ("modes=[jit]", "Invalid value 'jit', expected one of [eager, compile, cudagraphs]"),
         ("modes_batches=[32,0]", "modes_batches=[32, 0] is not allowed: a list of whole numbers >= 1"),
