@@ -291,12 +291,15 @@ def test_int8_pte_keeps_top1_within_a_point_at_a_third_of_the_size(
 
     out = tmp_path / f"{method}.int8.pte"
     args = [f"ckpt_path={digits_ckpt}", "format=executorch", f"method={method}", f"out={out}", "json=true"]
+    # a short QAT at torchvision's learning rate: this 6-epoch model is not converged, and 2 epochs at the
+    # default 1e-3 moved it 1.95 points below float (97.49% -> 95.54%) on augmented batches
     args += [
         "calls=5",
         "repeats=1",
         "qat_epochs=2",
         "qat_freeze_bn_epoch=1",
         "qat_freeze_observer_epoch=1",
+        "qat_lr=0.0001",
         "logger=none",
     ]
     assert quantize_main(args) == 0
