@@ -17,6 +17,7 @@ ranges, and one scale for all of them is the known cause of INT8 MobileNetV2 los
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -72,16 +73,10 @@ def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def ptq(model: nn.Module, batches: Iterable[Any], in_chans: int, resolution: int) -> torch.fx.GraphModule:
     """Post-training quantization of ``model`` calibrated on ``batches``."""
-    prepared = prepare(copy_eval(model), in_chans, resolution)
+    prepared = prepare(copy.deepcopy(model).eval(), in_chans, resolution)
     if calibrate(prepared, batches) == 0:
         raise ValueError("no calibration images: the validation split is empty")
     return convert(prepared)
-
-
-def copy_eval(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model).eval()
 
 
 def int8_pte(converted: torch.fx.GraphModule, in_chans: int, resolution: int, meta: dict[str, Any]) -> bytes:
