@@ -79,7 +79,26 @@ def ptq(model: nn.Module, batches: Iterable[Any], in_chans: int, resolution: int
     return convert(prepared)
 
 
+def drop_unused_state(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Remove the parameters and buffers no node reads any more, in place.
+
+    After ``convert_pt2e`` of a QAT graph the float BatchNorm parameters and statistics that were folded
+    into the int8 weights stay attached to the module; a re-capture lifts them and ExecuTorch stores them
+    as constants beside the delegate. Measured: 105 of them, 12% of a V2 0.25 program (440 -> 389 kB).
+    """
+    graph.graph.eliminate_dead_code()
+    graph.delete_all_unused_submodules()
+    graph.recompile()
+    read = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
+        if name not in read:
+            owner, _, attr = name.rpartition(".")
+            delattr(graph.get_submodule(owner) if owner else graph, attr)
+    return graph
+
+
 def int8_pte(converted: torch.fx.GraphModule, in_chans: int, resolution: int, meta: dict[str, Any]) -> bytes:
-    """The ``.pte`` bytes of a converted int8 graph: re-captured at batch 1 and lowered to XNNPACK."""
-    program = capture(converted, example_input(in_chans, resolution))
+    """The ``.pte`` bytes of a converted int8 graph: unused state dropped, re-captured at batch 1 and lowered
+    to XNNPACK."""
+    program = capture(drop_unused_state(converted), example_input(in_chans, resolution))
     return lower(program, meta)
