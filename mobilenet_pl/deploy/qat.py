@@ -107,6 +107,7 @@ def fine_tune(prepared: torch.fx.GraphModule, datamodule: Any, cfg: Any, run_dir
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)  # augmentation and dropout
     module = QATModule(
         prepared,
         lr=float(cfg.qat_lr),
