@@ -32,7 +32,7 @@ OFFLINE = {
 def tests(session: nox.Session) -> None:
     """Run the offline CPU test suite on 2 workers (``nox -s tests -- -k convert`` passes pytest arguments)."""
     session.install(*TORCH)
-    session.install("-e", ".[test,export,sweeps]")
+    session.install("-e", ".[test,export,sweeps,mobile]")
     session.run("pytest", *(session.posargs or ["-n", "2"]), env=OFFLINE)
 
 

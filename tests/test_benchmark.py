@@ -42,7 +42,7 @@ def test_benchmark_every_section_writes_json(tmp_path: Path, capsys: pytest.Capt
     env = report["environment"]
     assert env["cpu"] and env["collect_env"]["torch_version"].startswith(torch.__version__.split("+")[0])
     results = report["results"]
-    assert list(results) == [s for s in SECTIONS if s not in ("app", "modes")]  # the default sections
+    assert list(results) == [s for s in SECTIONS if s not in ("app", "modes", "deploy")]  # the default sections
 
     assert set(results["train"]) == {"v1", "v2"}
     assert set(results["train"]["v2"]["entries"]) == {"ours", "timm", "torchvision"}
@@ -90,6 +90,27 @@ def test_benchmark_app_section_runs_the_training_app(tmp_path: Path, capsys: pyt
     # 12 images / batch 4 = 3 batches an epoch: the app times from its third step (warm-up capped at 2)
     assert group["app_warmup_steps"] == {"workers": 2, "device": 2}
     assert "decode_on=device: share of step time waiting for data" in text
+
+
+@pytest.mark.slow
+def test_benchmark_deploy_section_compares_formats_in_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Float and INT8 .pte, float and INT8 ONNX and torchvision's eager INT8: latency and size, one run."""
+    pytest.importorskip("executorch")
+    out = tmp_path / "deploy.json"
+    assert main(["sections=[deploy]", "width=0.25", *TINY, f"json={out}"]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    latency, size = report["results"]["deploy"]["v2 batch 1"], report["results"]["deploy"]["v2 file size"]
+    ours = {"pte", "pte int8", "onnx", "onnx int8"}
+    torchvision_ran = "torchvision int8" in latency["entries"]
+    assert set(latency["entries"]) == ours | ({"torchvision int8"} if torchvision_ran else set())
+    assert torchvision_ran or any("torchvision's INT8 mobilenet_v2 did not run" in n for n in report["notes"])
+    for group in (latency, size):
+        assert all(entry["value"] > 0 for entry in group["entries"].values())
+    assert size["entries"]["pte int8"]["value"] < 0.5 * size["entries"]["pte"]["value"]
+    assert "ExecuTorch .pte int8" in text and report["environment"]["executorch"]
 
 
 def test_benchmark_modes_section_checks_losses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,7 +181,7 @@ def test_benchmark_single_section_and_width_without_timm_peer(tmp_path: Path) ->
     [
         (
             "sections=[train,warp]",
-            "Invalid value 'warp', expected one of [train, infer, lightning, pipeline, export, app, modes]",
+            "Invalid value 'warp', expected one of [train, infer, lightning, pipeline, export, app, modes, deploy]",
         ),
         ("modes=[jit]", "Invalid value 'jit', expected one of [eager, compile, cudagraphs]"),
         ("modes_batches=[32,0]", "modes_batches=[32, 0] is not allowed: a list of whole numbers >= 1"),

@@ -140,7 +140,7 @@ def _fast(tool: str, args: list[str]) -> list[str]:
     if tool == "benchmark":
         return _with(args, TINY_BENCHMARK)
     if tool == "quantize":
-        return _with(args, ["calib_batches=1", "batch_size=8", "calls=2", "repeats=1"])
+        return _with(args, ["calib_batches=1", "batch_size=8", "calls=2", "repeats=1", "qat_epochs=1"])
     return args
 
 

@@ -167,7 +167,10 @@ def test_cli_exports_checkpoint_with_parity(
 ) -> None:
     out = tmp_path / f"exported{suffix}"
     assert main([f"ckpt_path={tiny_ckpt}", f"format={fmt}", f"out={out}"]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
+    # TorchScript says once that it is deprecated upstream and what replaces it
+    assert ("deprecated upstream; on devices use format=executorch" in captured.err) == (fmt == "torchscript")
     assert f"exported {out}" in text
     diff = float(text.split("max abs logit difference ")[1].split()[0])
     assert diff <= PARITY_TOLERANCE
@@ -188,7 +191,10 @@ def test_cli_default_out_next_to_checkpoint(tiny_ckpt: Path, capsys: pytest.Capt
     [
         (["ckpt_path=/no/such/file.ckpt"], "ckpt_path='/no/such/file.ckpt' is not allowed: the file does not exist"),
         (["format=onnx"], "ckpt_path is missing: set ckpt_path=PATH.ckpt"),
-        (["ckpt_path=x.ckpt", "format=tflite"], "Invalid value 'tflite', expected one of [onnx, torchscript]"),
+        (
+            ["ckpt_path=x.ckpt", "format=tflite"],
+            "Invalid value 'tflite', expected one of [onnx, executorch, torchscript]",
+        ),
         (["ckpt_path=x.ckpt", "opset=abc"], "opset=abc: Value 'abc' of type 'str' could not be converted to Integer"),
         (["ckpt_path=x.ckpt", "opset=7"], "opset=7 is not allowed: opset must be a whole number >= 9"),
         (["ckpt_path=x.ckpt", "mean=0.5,0.5"], "Ambiguous value for argument 'mean=0.5,0.5'"),
@@ -212,7 +218,9 @@ def test_cli_rejects_a_file_that_is_not_a_checkpoint(tmp_path: Path, capsys: pyt
 def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    assert "onnx | torchscript" in text and "format: onnx" in text and "pip install 'mobilenet-pl[export]'" in text
+    assert "onnx | executorch | torchscript" in text and "format: onnx" in text
+    assert "pip install 'mobilenet-pl[export]'" in text and "pip install 'mobilenet-pl[mobile]'" in text
+    assert "DEPRECATED upstream" in text and "ExecuTorch" in text  # TorchScript's replacement is named
 
 
 # -- INT8 -----------------------------------------------------------------------------------------------
@@ -266,8 +274,10 @@ def test_quantize_cli_reports_measured_ratios_without_verdicts(
     args = ["data=fake", "data.num_classes=4", "calib_batches=1", "batch_size=8", "calls=2", "repeats=1"]
     assert quantize_main([f"ckpt_path={tiny_ckpt}", *args, f"out={out}", "json=true"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert out.is_file() and (tmp_path / "tiny.onnx").is_file()
+    # only the int8 model is written: the float one it is compared with lived in a temporary folder
+    assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["tiny.int8.onnx"]
     assert report["test_images"] == 64 and set(report["top1"]) == {"fp32", "int8"}
+    assert report["size_bytes"]["int8"] < report["size_bytes"]["fp32"]
     assert report["speedup"] > 0 and "goals" not in report  # goals are in docs/performance.md
     assert read_metadata(out)["quantization"].startswith("int8 QDQ")
     wrong = quantize_main([f"ckpt_path={tiny_ckpt}", "data=fake"])  # 10 classes, the checkpoint has 4

@@ -37,7 +37,18 @@ WHOLE_TRAINER_KEYS = ("max_epochs", "check_val_every_n_epoch", "log_every_n_step
 
 class ExportFormat(Enum):
     onnx = "onnx"
-    torchscript = "torchscript"
+    executorch = "executorch"
+    torchscript = "torchscript"  # deprecated upstream; ExecuTorch replaces it on devices
+
+
+class QuantizeFormat(Enum):
+    executorch = "executorch"
+    onnx = "onnx"
+
+
+class QuantizeMethod(Enum):
+    ptq = "ptq"
+    qat = "qat"
 
 
 class Family(Enum):
@@ -65,6 +76,7 @@ class Section(Enum):
     export = "export"
     app = "app"
     modes = "modes"
+    deploy = "deploy"
 
 
 class Mode(Enum):
@@ -142,6 +154,8 @@ class ExportSchema:
 @dataclass
 class QuantizeSchema:
     ckpt_path: str = MISSING
+    format: QuantizeFormat = MISSING
+    method: QuantizeMethod = MISSING
     out: Optional[str] = MISSING
     overwrite: bool = MISSING
     calib_batches: int = MISSING
@@ -152,7 +166,14 @@ class QuantizeSchema:
     json: bool = MISSING
     resolution: Optional[int] = MISSING
     seed: int = MISSING
+    qat_epochs: int = MISSING
+    qat_lr: float = MISSING
+    qat_freeze_bn_epoch: int = MISSING
+    qat_freeze_observer_epoch: int = MISSING
+    qat_dir: Optional[str] = MISSING
+    qat_ckpt_path: Optional[str] = MISSING
     data: Any = MISSING
+    logger: Any = MISSING
 
 
 @dataclass

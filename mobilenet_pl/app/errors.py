@@ -25,6 +25,8 @@ EXTRA_OF_MODULE = {
     "onnx": "export",
     "onnxruntime": "export",
     "onnxscript": "export",
+    "executorch": "mobile",
+    "torchao": "mobile",
     "hydra_plugins.hydra_optuna_sweeper": "sweeps",
     "hydra_plugins.hydra_submitit_launcher": "sweeps",
 }

@@ -393,23 +393,22 @@ def check_output(key: str, path: Path, overwrite: bool) -> Path:
         raise ConfigError(
             f"{key}={str(path)!r} is not allowed: the file exists; set overwrite=true to replace it or choose another {key}"
         )
-    if parent is not None:
-        _check_writable(key, path, parent)
+    check_writable(key, path)
     return path
 
 
-def _check_writable(key: str, path: Path, folder: Path) -> None:
-    """``folder`` takes a new file (a read-only mount refuses even root, which ``os.access`` does not tell):
-    fail before any work, not with a traceback from the exporter at the end."""
+def check_writable(key: str, path: Path) -> None:
+    """A new file can be made where ``path`` will land, or `ConfigError` before any work: probed with a
+    private folder of a unique name (``os.access`` says yes to root on a read-only mount, and a probe file of
+    a fixed name could be a user's)."""
+    import errno
     import os
+    import tempfile
 
-    probe = folder / f".{path.name}.write-check-{os.getpid()}"
+    folder = next((p for p in (path.parent, *path.parents) if p.exists()), Path("."))
     try:
-        probe.touch(exist_ok=False)
-    except FileExistsError:  # not ours (never removed): the folder took a file of that name once
-        return
+        probe = tempfile.mkdtemp(prefix=".mobilenet_pl-", dir=folder)
     except OSError as err:
-        raise ConfigError(
-            f"{key}={str(path)!r} is not allowed: {str(folder)!r} cannot be written ({err.strerror or err})"
-        ) from err
-    probe.unlink()
+        reason = "read-only file system" if err.errno == errno.EROFS else (err.strerror or type(err).__name__)
+        raise ConfigError(f"{key}={str(path)!r} is not allowed: {str(folder)!r} is not writable ({reason})") from None
+    os.rmdir(probe)

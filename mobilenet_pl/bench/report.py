@@ -28,6 +28,13 @@ def environment(cfg: Config) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name() if cfg.device == "cuda" else None,
         "collect_env": {key: value for key, value in info.items() if key not in ("pip_packages", "conda_packages")},
     }
+    for module in ("executorch", "torchao"):
+        try:
+            from importlib.metadata import version
+
+            env[module] = version(module)
+        except Exception:  # not installed
+            env[module] = None
     try:
         import onnxruntime
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from mobilenet_pl.bench.app import bench_app
+from mobilenet_pl.bench.deploy import bench_deploy
 from mobilenet_pl.bench.export import bench_export
 from mobilenet_pl.bench.lightning import bench_lightning
 from mobilenet_pl.bench.modes import bench_modes
@@ -31,6 +32,7 @@ BENCHES: dict[str, Callable[[Config, list[str]], dict[str, Any]]] = {
     "export": bench_export,
     "app": bench_app,
     "modes": bench_modes,
+    "deploy": bench_deploy,
 }
 
 

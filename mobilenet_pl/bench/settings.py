@@ -14,7 +14,7 @@ from mobilenet_pl.app.errors import ConfigError
 from mobilenet_pl.bench.step import FAMILIES, MODES, Config
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE
 
-SECTIONS = ("train", "infer", "lightning", "pipeline", "export", "app", "modes")  # run in this order
+SECTIONS = ("train", "infer", "lightning", "pipeline", "export", "app", "modes", "deploy")  # run in this order
 # per-device defaults: a CPU run of every default section takes a few minutes on 2 cores
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": {"resolution": 128, "batch_size": 16, "steps": 2, "app_images": 256, "app_steps": 20, "modes_batches": [32]},

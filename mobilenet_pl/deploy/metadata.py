@@ -1,18 +1,16 @@
 """The metadata a deployment needs (class names, normalisation, resolution, model name and width), embedded
-in every export: ONNX ``metadata_props`` or TorchScript ``_extra_files["metadata.json"]``."""
+in every export: ONNX ``metadata_props``, the ExecuTorch program's constant method ``metadata`` (one JSON
+string) or TorchScript ``_extra_files["metadata.json"]``."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from mobilenet_pl._version import __version__
-from mobilenet_pl.app.errors import require
-from mobilenet_pl.deploy.runtime import load_torchscript
 
 METADATA_FILE = "metadata.json"  # TorchScript _extra_files key
 
@@ -65,13 +63,20 @@ def decode_value(text: str) -> Any:
         return text
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Metadata of an ONNX (``.onnx``) or TorchScript export, values decoded (lists, numbers, strings)."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        onnx = require("onnx", "reading ONNX metadata")
-        model = onnx.load(str(path), load_external_data=False)
-        return {prop.key: decode_value(prop.value) for prop in model.metadata_props}
-    extra = {METADATA_FILE: ""}
-    load_torchscript(path, extra)
-    return dict(json.loads(extra[METADATA_FILE])) if extra[METADATA_FILE] else {}
+def checkpoint_export_args(
+    hp: dict[str, Any], mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """The metadata arguments of every export (``class_names``, ``mean``, ``std``, ``name``, ``width``) for
+    a checkpoint's hyperparameters: ImageNet's mean/std for a 3-channel model unless given."""
+    from mobilenet_pl.lit.data import IMAGENET_MEAN, IMAGENET_STD
+    from mobilenet_pl.models.registry import resolve_model_name
+
+    if hp["in_chans"] == 3 and mean is None and std is None:
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return {
+        "class_names": hp.get("class_names") or [str(i) for i in range(hp["num_classes"])],
+        "mean": None if mean is None else list(mean),
+        "std": None if std is None else list(std),
+        "name": resolve_model_name(hp["model"]["name"]),
+        "width": hp["model"]["width"],
+    }

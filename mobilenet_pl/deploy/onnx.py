@@ -18,6 +18,8 @@ and 97.77% U8S8 with reduce_range, which was also the fastest (docs/performance.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -110,11 +112,14 @@ def quantize_onnx(
     calibration: Iterable[Any],
     *,
     per_channel: bool = True,
+    scratch: str | Path | None = None,
 ) -> Path:
     """Quantize the ONNX model at ``fp32_path`` to int8 (QDQ) at ``int8_path``; returns ``int8_path``.
 
     ``calibration`` yields input batches (arrays, tensors or ``(images, labels)`` pairs) whose activation
-    ranges set the quantization scales: a few hundred images of the data the model will see.
+    ranges set the quantization scales: a few hundred images of the data the model will see. The
+    pre-processed intermediate graph goes into ``scratch`` (default: a private temporary folder), never
+    beside ``int8_path``, where a file of the user's could have its name.
     """
     require("onnxruntime.quantization", "INT8 quantization")
     from onnxruntime.quantization import (
@@ -135,10 +140,11 @@ def quantize_onnx(
 
     int8_path = Path(int8_path)
     int8_path.parent.mkdir(parents=True, exist_ok=True)
-    prepared = int8_path.with_name(int8_path.stem + ".pre.onnx")
-    # shape inference + graph clean-up first, as onnxruntime recommends: every Conv then gets its Q/DQ pair
-    quant_pre_process(str(fp32_path), str(prepared))
-    try:
+    with contextlib.ExitStack() as stack:
+        folder = Path(scratch) if scratch is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        prepared = Path(tempfile.mkdtemp(prefix="pre-", dir=folder)) / "model.pre.onnx"
+        # shape inference + graph clean-up first, as onnxruntime recommends: every Conv then gets its Q/DQ pair
+        quant_pre_process(str(fp32_path), str(prepared))
         quantize_static(
             str(prepared),
             str(int8_path),
@@ -149,8 +155,7 @@ def quantize_onnx(
             weight_type=QuantType.QInt8,
             reduce_range=True,  # see the module docstring: no int16 saturation on AVX2
         )
-    finally:
-        prepared.unlink(missing_ok=True)
+        prepared.unlink()
     _copy_metadata(fp32_path, int8_path)
     return int8_path
 

@@ -6,6 +6,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,3 +42,9 @@ def export_torchscript(
         scripted = torch.jit.script(folded)
         torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: json.dumps(meta)})
     return path
+
+
+def load_torchscript(path: str | Path, extra_files: dict[str, Any] | None = None) -> Any:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # see export_torchscript
+        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
