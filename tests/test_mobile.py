@@ -141,11 +141,11 @@ def test_model_that_cannot_be_exported_is_one_line(
     command: str, ckpt_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("executorch")
+    import mobilenet_pl.deploy.exporter
     import mobilenet_pl.deploy.quantization
-    import mobilenet_pl.export
 
     hp = {"in_chans": 3, "num_classes": 4, "resolution": 32, "model": {"name": "v2", "width": 0.25}}
-    for module in (mobilenet_pl.export, mobilenet_pl.deploy.quantization):
+    for module in (mobilenet_pl.deploy.exporter, mobilenet_pl.deploy.quantization):
         monkeypatch.setattr(module, "load_model", lambda path: (DataDependent().eval(), dict(hp)))
     main = export_main if command == "export" else quantize_main
     assert main([f"ckpt_path={ckpt_copy}", "format=executorch", *(FAKE4 if command == "quantize" else [])]) == 2
@@ -215,9 +215,9 @@ def test_quantize_leaves_the_users_files_alone(ckpt_copy: Path, capsys: pytest.C
 def test_failed_parity_writes_nothing(
     ckpt_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import mobilenet_pl.export
+    import mobilenet_pl.deploy.exporter
 
-    monkeypatch.setattr(mobilenet_pl.export, "check_parity", lambda *args: 1.0)
+    monkeypatch.setattr(mobilenet_pl.deploy.exporter, "check_parity", lambda *args: 1.0)
     assert export_main([f"ckpt_path={ckpt_copy}"]) == 2
     assert "differ from eager PyTorch" in error_line(capsys)
     assert sorted(p.name for p in ckpt_copy.parent.iterdir()) == ["model.ckpt"]

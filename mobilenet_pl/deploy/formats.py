@@ -14,13 +14,13 @@ from mobilenet_pl.deploy.metadata import METADATA_FILE, decode_value
 FORMATS = ("onnx", "executorch", "torchscript")
 
 
-def require_format(fmt: str, check: bool = True) -> None:
+def require_format(fmt: str, check: bool = True, needed_for: str | None = None) -> None:
     """Raise `MissingExtraError` (one line naming the pip command) unless ``fmt`` can be written and,
-    with ``check``, run."""
+    with ``check``, run; ``needed_for`` names the command in that line (default: the format)."""
     if fmt == "onnx":
-        require("onnx", "format=onnx")
+        require("onnx", needed_for or "format=onnx")
         if check:
-            require("onnxruntime", "check=true for format=onnx")
+            require("onnxruntime", needed_for or "check=true for format=onnx")
     elif fmt == "executorch":
         from mobilenet_pl.deploy.executorch import require_executorch
 
