@@ -85,7 +85,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     if qat_dir is not None:
         check_writable("qat_dir", qat_dir / "last.ckpt")
-    require_format(fmt, needed_for="quantize")  # after the output checks: a refused output answers before the heavy imports
+    require_format(
+        fmt, needed_for="quantize"
+    )  # after the output checks: a refused output answers before the heavy imports
     model, hp = load_model(cfg.ckpt_path)
     if cfg.resolution is None:  # the data configs follow ${resolution}: the checkpoint's
         cfg.resolution = hp["resolution"]
