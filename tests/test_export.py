@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import tiny_checkpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from mobilenet_pl import create_model
 from mobilenet_pl.deploy import (
@@ -24,7 +23,6 @@ from mobilenet_pl.deploy import (
     read_metadata,
 )
 from mobilenet_pl.export import main
-from mobilenet_pl.lit.classifier import MobileNetClassifier
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -138,27 +136,7 @@ def test_torchscript_parity_and_metadata(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint written by Lightning after two training steps (BatchNorm statistics updated)."""
-    torch.manual_seed(0)
-    module = MobileNetClassifier(
-        {"name": "v2", "width": 0.25},
-        num_classes=4,
-        resolution=32,
-        class_names=["w", "x", "y", "z"],
-        label_smoothing=0.0,
-    )
-    data = TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 4, (16,)))
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=8))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", label_smoothing=0.0)
 
 
 @pytest.mark.parametrize(("fmt", "suffix"), [("onnx", ".onnx"), ("torchscript", ".ts")])

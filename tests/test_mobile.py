@@ -9,14 +9,12 @@ import os
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from helpers import tiny_checkpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from mobilenet_pl.export import main as export_main
-from mobilenet_pl.lit.classifier import MobileNetClassifier
 from mobilenet_pl.quantize import main as quantize_main
 
 pytest.importorskip("onnxruntime")
@@ -36,23 +34,7 @@ def staging_leftovers(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-class 3-channel checkpoint written by Lightning after two training steps."""
-    torch.manual_seed(0)
-    module = MobileNetClassifier(
-        {"name": "v2", "width": 0.25}, num_classes=4, resolution=32, class_names=["w", "x", "y", "z"]
-    )
-    data = TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 4, (16,)))
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=8))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 @pytest.fixture

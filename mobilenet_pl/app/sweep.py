@@ -194,20 +194,30 @@ def _pct(value: float | None) -> str:
     return f"{100 * value:.2f}" if value is not None else "-"
 
 
+MODEL_HEADER = ["job", "model", "width", "res", "M madds"]
+
+
+def _model_cells(row: dict[str, Any]) -> list[str]:
+    """The cells under `MODEL_HEADER`: which job, which model, what it costs."""
+    return [
+        str(row["job"]),
+        str(row["model"]),
+        f"{row['width']:g}",
+        str(row["resolution"]),
+        f"{row['madds'] / 1e6:.1f}",
+    ]
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The report as a table per source: training runs, then evaluations (eval's results.json), then failures."""
     trained = [r for r in rows if r["error"] is None and r.get("source", "train") == "train"]
     evaluated = [r for r in rows if r["error"] is None and r.get("source", "train") != "train"]
     lines = []
     if trained:
-        header = ["job", "model", "width", "res", "M madds", "epochs", "val top-1", "test top-1"]
+        header = [*MODEL_HEADER, "epochs", "val top-1", "test top-1"]
         cells = [
             [
-                str(r["job"]),
-                str(r["model"]),
-                f"{r['width']:g}",
-                str(r["resolution"]),
-                f"{r['madds'] / 1e6:.1f}",
+                *_model_cells(r),
                 str(r["epochs"]) if r.get("epochs") is not None else "-",
                 _pct(r["val_acc1"]),
                 _pct(r["test_acc1"]),
@@ -216,14 +226,10 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         ]
         lines += ["training runs", *_table(header, cells)]
     if evaluated:
-        header = ["job", "model", "width", "res", "M madds", "split", "top-1", "top-5", "images"]
+        header = [*MODEL_HEADER, "split", "top-1", "top-5", "images"]
         cells = [
             [
-                str(r["job"]),
-                str(r["model"]),
-                f"{r['width']:g}",
-                str(r["resolution"]),
-                f"{r['madds'] / 1e6:.1f}",
+                *_model_cells(r),
                 str(r["source"]).removeprefix("eval:"),
                 _pct(r["val_acc1"] if r["source"] == "eval:val" else r["test_acc1"]),
                 _pct(r["test_acc5"]),
