@@ -200,7 +200,9 @@ def _split_output_subdir(name: str, args: Sequence[str]) -> tuple[list[str], str
             subdir = None if (arg.startswith("~") or value.strip() in ("null", "")) else value.strip()
             continue
         kept.append(arg)
-    return [*kept, f"{OUTPUT_SUBDIR}=null"], subdir
+    # beside the user's last override: argparse takes one run of overrides, so one after `--cfg job` is refused
+    at = next((i + 1 for i in reversed(range(len(kept))) if "=" in kept[i] and not kept[i].startswith("-")), len(kept))
+    return [*kept[:at], f"{OUTPUT_SUBDIR}=null", *kept[at:]], subdir
 
 
 def save_run_record() -> None:

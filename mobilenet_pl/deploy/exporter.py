@@ -26,13 +26,13 @@ def export_checkpoint(cfg: DictConfig) -> None:
     fmt = cfg.format.value
     out = check_output("out", output_path(cfg.out, cfg.ckpt_path, SUFFIX[cfg.format]), cfg.overwrite)  # writable too
     require_format(fmt, check=cfg.check)
-    if cfg.format == ExportFormat.torchscript:
+    model, hp = load_model(cfg.ckpt_path)
+    if cfg.format == ExportFormat.torchscript:  # after the checkpoint is read: a refused run is one line
         print(
             "note: TorchScript is deprecated upstream; on devices use format=executorch (ExecuTorch), "
             "on servers format=onnx",
             file=sys.stderr,
         )
-    model, hp = load_model(cfg.ckpt_path)
     resolution = hp["resolution"] if cfg.resolution is None else cfg.resolution
     args = checkpoint_export_args(hp, cfg.mean, cfg.std)
     with staged_output("out", out, cfg.overwrite) as staged:  # moved to out only when written and checked

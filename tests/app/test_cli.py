@@ -186,3 +186,19 @@ def test_missing_extra_names_its_install_command(
     code = BLOCK.format(blocked=set(blocked), blocked_prefix=blocked[0], tool=tool, args=args)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [message], proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["model=v1", "width=0.75", "--cfg", "job"],  # as docs/training.md shows it
+        ["--cfg", "job", "model=v1", "width=0.75"],
+        ["--cfg", "job"],
+    ],
+)
+def test_hydra_flags_work_wherever_the_overrides_stand(args: list[str], tmp_path: Path) -> None:
+    """The runner adds one override of its own; argparse refuses a second run of overrides after a flag."""
+    proc = run_cli("mobilenet_pl.train", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ("width: 0.75" in proc.stdout) == ("width=0.75" in args), proc.stdout
+    assert "output_subdir" not in proc.stdout  # the printed job config is the user's, not the runner's
