@@ -298,7 +298,9 @@ def test_int8_pte_keeps_top1_within_a_point_at_a_third_of_the_size(
 
 
 @pytest.mark.slow
-def test_qat_freezes_batchnorm_statistics_and_ranges_after_their_epochs(tmp_path: Path) -> None:
+def test_qat_freezes_batchnorm_statistics_and_ranges_after_their_epochs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """torchvision's recipe on a captured graph: from ``qat_freeze_bn_epoch`` the running statistics and from
     ``qat_freeze_observer_epoch`` the quantization ranges stay as they were, while the weights keep training."""
     pytest.importorskip("executorch")
@@ -336,7 +338,16 @@ def test_qat_freezes_batchnorm_statistics_and_ranges_after_their_epochs(tmp_path
     again = prepare(create_model("v2", width=0.25, num_classes=4), 3, 32, qat=True)
     last = tmp_path / "qat" / "checkpoints" / "last.ckpt"
     fine_tune(again, datamodule, OmegaConf.merge(cfg, {"qat_epochs": 4, "qat_ckpt_path": str(last)}), tmp_path / "qat")
+    assert "changed settings: qat_epochs 3 -> 4" in capsys.readouterr().err
     resumed = torch.load(tmp_path / "qat" / "checkpoints" / "qat-epoch003.ckpt", weights_only=True)["state_dict"]
     assert not changed(states[2], resumed, "running_mean") and not changed(states[2], resumed, "scale")
-    # (the weights stay too: the restored cosine schedule reached 0 at its 3 epochs; SIGTERM's resume
-    # continues the same qat_epochs)
+    # the fourth epoch trains: the cosine now spans 4 epochs (a restored 3-epoch schedule would sit at lr 0)
+    assert changed(states[2], resumed, "weight")
+    # another data partition would fine-tune on what were test images: refused before a step
+    other = FakeDataModule(
+        num_classes=4, train_size=32, val_size=16, test_size=16, resolution=32, batch_size=16, seed=1
+    )
+    other.setup("fit")
+    third = prepare(create_model("v2", width=0.25, num_classes=4), 3, 32, qat=True)
+    with pytest.raises(ValueError, match="resume with the same data settings"):
+        fine_tune(third, other, OmegaConf.merge(cfg, {"qat_ckpt_path": str(last)}), tmp_path / "qat")

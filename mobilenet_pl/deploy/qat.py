@@ -14,12 +14,17 @@ from __future__ import annotations
 import contextlib
 import sys
 import types
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
+
+from mobilenet_pl.lit.optim import rescale_checkpoint_lr, warmup_cosine
+
+RECIPE_KEY = "qat_recipe"
 
 
 class QATModule(L.LightningModule):
@@ -68,6 +73,12 @@ class QATModule(L.LightningModule):
         self.model.train()  # the train form, or the eval form once BatchNorm is frozen
         if self.current_epoch >= self.freeze_observer_epoch:
             self.model.apply(disable_observer)
+        # the rates of this epoch on the schedule as configured now: a resumed run restores the optimizer's rate
+        # of the old schedule (0 after its last epoch), and the schedule sets a new one only at the epoch's end
+        schedule = cast(LambdaLR, self.lr_schedulers())
+        optimizer = cast(torch.optim.Optimizer, self.optimizers())
+        for group, base_lr, factor in zip(optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas, strict=True):
+            group["lr"] = base_lr * factor(schedule.last_epoch)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
@@ -81,16 +92,45 @@ class QATModule(L.LightningModule):
         self.log("val/acc1", acc, prog_bar=True, batch_size=len(y))
 
     def configure_optimizers(self) -> Any:
-        # torchvision's QAT: SGD, momentum 0.9, lr 1e-4 from converged float weights; a cosine decay to 0
+        # torchvision's QAT: SGD, momentum 0.9, lr 1e-4 from converged float weights; a cosine decay to 0 per
+        # epoch. A lambda schedule: its length is not restored on resume (CosineAnnealingLR's T_max is), so a
+        # resumed run with more qat_epochs continues on the longer cosine instead of at learning rate 0
         optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=1e-5)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.epochs))
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        schedule = warmup_cosine(optimizer, steps_per_epoch=1, max_epochs=self.epochs, warmup_epochs=0, min_lr_ratio=0)
+        return {"optimizer": optimizer, "lr_scheduler": {**schedule, "interval": "epoch"}}
+
+    def recipe(self) -> dict[str, Any]:
+        """The command's QAT settings, saved in each checkpoint so that a resumed run can say what changed."""
+        partition = getattr(getattr(self._trainer, "datamodule", None), "partition", None)
+        return {
+            "qat_epochs": self.epochs,
+            "qat_lr": self.lr,
+            "qat_freeze_bn_epoch": self.freeze_bn_epoch,
+            "qat_freeze_observer_epoch": self.freeze_observer_epoch,
+            "partition": partition() if callable(partition) else None,
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["qat_bn_frozen"] = self.bn_frozen
+        checkpoint[RECIPE_KEY] = self.recipe()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run fine-tunes the same data: another partition (test images the checkpoint trained on)
+        is refused. New QAT settings are used and printed; a new ``qat_lr`` rescales the restored rates."""
         self.bn_frozen = bool(checkpoint.get("qat_bn_frozen", False))
+        old, new = checkpoint.get(RECIPE_KEY), self.recipe()
+        if not isinstance(old, dict):  # a checkpoint from before the record: nothing to compare
+            return
+        if old.get("partition") != new["partition"]:
+            raise ValueError(
+                f"qat_ckpt_path: the QAT checkpoint fine-tuned on data {old.get('partition')}; this run's data is "
+                f"{new['partition']}: resume with the same data settings, or start a new QAT run (another qat_dir)"
+            )
+        if old.get("qat_lr") and old["qat_lr"] != self.lr:
+            rescale_checkpoint_lr(checkpoint, self.lr / old["qat_lr"])
+        changed = [f"{key} {old.get(key)!r} -> {value!r}" for key, value in new.items() if old.get(key) != value]
+        if changed:
+            print(f"resuming the QAT run with changed settings: {', '.join(changed)}", file=sys.stderr)
 
 
 def fine_tune(prepared: torch.fx.GraphModule, datamodule: Any, cfg: Any, run_dir: Any) -> dict[str, Any]:

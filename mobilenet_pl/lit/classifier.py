@@ -25,7 +25,14 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from mobilenet_pl.lit import lightning_internals
 from mobilenet_pl.lit.data.images import IGNORE_INDEX
-from mobilenet_pl.lit.optim import build_optimizer, build_scheduler, check_config, default_optimizer, scaled_lr
+from mobilenet_pl.lit.optim import (
+    build_optimizer,
+    build_scheduler,
+    check_config,
+    default_optimizer,
+    rescale_checkpoint_lr,
+    scaled_lr,
+)
 from mobilenet_pl.models import create_model
 from mobilenet_pl.models.hparams import RUN_SETTINGS_KEY, model_hparams
 from mobilenet_pl.models.mobilenet import MIN_INPUT_SIZE, check_fraction, check_positive, check_whole
@@ -311,7 +318,7 @@ class MobileNetClassifier(L.LightningModule):
             new = self.hparams[key]
             difference = _first_difference(key, old, new)
             if difference and key == "optimizer" and isinstance(old, dict) and _only_lr_differs(old, new):
-                _rescale_lr(checkpoint, new["lr"] / old["lr"])
+                rescale_checkpoint_lr(checkpoint, new["lr"] / old["lr"])
                 rank_zero_info(f"resumed with optimizer.lr {old['lr']!r} -> {new['lr']!r} (the schedule is rescaled)")
                 continue
             if difference:
@@ -356,20 +363,6 @@ def _only_lr_differs(old: Any, new: Any) -> bool:
         and old.get("lr") not in (None, 0)
         and {k: v for k, v in old.items() if k != "lr"} == {k: v for k, v in new.items() if k != "lr"}
     )
-
-
-def _rescale_lr(checkpoint: dict[str, Any], ratio: float) -> None:
-    """Multiply every learning rate a checkpoint restores (optimizer groups, schedulers' base and last rates) by
-    ``ratio``, before Lightning restores them from the same dict: the schedule continues at the new scale."""
-    for state in checkpoint.get("optimizer_states", []):
-        for group in state.get("param_groups", []):
-            for name in ("lr", "initial_lr"):
-                if isinstance(group.get(name), (int, float)):
-                    group[name] = group[name] * ratio
-    for state in checkpoint.get("lr_schedulers", []):
-        for name in ("base_lrs", "_last_lr"):
-            if isinstance(state.get(name), list):
-                state[name] = [value * ratio for value in state[name]]
 
 
 def _first_difference(key: str, old: Any, new: Any) -> str | None:

@@ -185,3 +185,17 @@ def build_scheduler(
 def default_optimizer() -> dict[str, Any]:
     """The library's optimizer when none is given: `DEFAULT_OPTIMIZER` (a fresh copy)."""
     return dict(DEFAULT_OPTIMIZER)
+
+
+def rescale_checkpoint_lr(checkpoint: dict[str, Any], ratio: float) -> None:
+    """Multiply every learning rate a checkpoint restores (optimizer groups, schedulers' base and last rates) by
+    ``ratio``, before Lightning restores them from the same dict: the schedule continues at the new scale."""
+    for state in checkpoint.get("optimizer_states", []):
+        for group in state.get("param_groups", []):
+            for name in ("lr", "initial_lr"):
+                if isinstance(group.get(name), (int, float)):
+                    group[name] = group[name] * ratio
+    for state in checkpoint.get("lr_schedulers", []):
+        for name in ("base_lrs", "_last_lr"):
+            if isinstance(state.get(name), list):
+                state[name] = [value * ratio for value in state[name]]
