@@ -161,11 +161,15 @@ def _check_composes(name: str, args: Sequence[str]) -> None:
     # a run dir Hydra is about to make (a timestamped default, or a path not there yet) is removed again
     # if the run is refused and nothing but its lock was written into it
     unresolved = str(OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir", ""))  # type: ignore[union-attr]
-    _new_run_dir[:] = ["${now:" in unresolved or not Path(str(cfg.hydra.run.dir)).expanduser().exists()]
+    run_dir = Path(str(cfg.hydra.run.dir)).expanduser().absolute()
+    _new_run_dir[:] = ["${now:" in unresolved or not run_dir.exists()]
+    _existing_ancestors.clear()  # the folders above it that are the user's (Hydra makes the others)
+    _existing_ancestors.update(parent for parent in run_dir.parents if parent.exists())
 
 
 # whether the plain run's dir did not exist before this run (set by `_check_composes`)
 _new_run_dir: list[bool] = []
+_existing_ancestors: set[Path] = set()
 LOCK_FILE = ".lock"  # app/run_dir.py's
 
 
@@ -176,6 +180,11 @@ def _remove_if_untouched(run_dir: Path) -> None:
         if {entry.name for entry in run_dir.iterdir()} <= {LOCK_FILE}:
             (run_dir / LOCK_FILE).unlink(missing_ok=True)
             run_dir.rmdir()
+            # and the empty folders Hydra made above it (a timestamped default's outputs/DATE)
+            for parent in run_dir.absolute().parents:
+                if parent in _existing_ancestors or any(parent.iterdir()):
+                    break
+                parent.rmdir()
     except OSError:  # another run took it meanwhile, or it cannot be read: leave it
         pass
 

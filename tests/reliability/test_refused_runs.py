@@ -102,7 +102,16 @@ def test_a_refused_run_in_a_new_run_dir_leaves_no_dir(
 ) -> None:
     run_dir = tmp_path / "new" / "run"
     refused(train_main, [*BASE, f"hydra.run.dir={run_dir}", *args], capsys)
-    assert not run_dir.exists()
+    assert not run_dir.exists() and list(tmp_path.iterdir()) == []  # the parent Hydra made is gone too
+
+
+def test_a_refused_run_with_the_timestamped_default_leaves_no_date_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "outputs" / "an earlier run").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    refused(train_main, [*BASE, "optimizer.lr=-1"], capsys)
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["an earlier run"]  # no outputs/DATE left
 
 
 def test_a_refused_run_leaves_an_existing_empty_dir_in_place(
