@@ -73,8 +73,11 @@ class QATModule(L.LightningModule):
         self.model.train()  # the train form, or the eval form once BatchNorm is frozen
         if self.current_epoch >= self.freeze_observer_epoch:
             self.model.apply(disable_observer)
-        # the rates of this epoch on the schedule as configured now: a resumed run restores the optimizer's rate
-        # of the old schedule (0 after its last epoch), and the schedule sets a new one only at the epoch's end
+
+    def on_train_start(self) -> None:
+        """Once, after Lightning restored a resumed run: set the optimizer's rates to the schedule as configured
+        now. The restored rate is the old schedule's (0 after its last epoch), and the schedule would set a new
+        one only at the epoch's end. A fresh run's rates are unchanged (the factor at epoch 0 is 1)."""
         schedule = cast(LambdaLR, self.lr_schedulers())
         optimizer = cast(torch.optim.Optimizer, self.optimizers())
         for group, base_lr, factor in zip(optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas, strict=True):
