@@ -351,3 +351,11 @@ def test_qat_freezes_batchnorm_statistics_and_ranges_after_their_epochs(
     third = prepare(create_model("v2", width=0.25, num_classes=4), 3, 32, qat=True)
     with pytest.raises(ValueError, match="resume with the same data settings"):
         fine_tune(third, other, OmegaConf.merge(cfg, {"qat_ckpt_path": str(last)}), tmp_path / "qat")
+    # a record that is not a rate (a foreign or edited checkpoint) is refused, not divided by
+    edited = torch.load(last, weights_only=True)
+    edited["qat_recipe"]["qat_lr"] = "fast"
+    torch.save(edited, tmp_path / "edited.ckpt")
+    with pytest.raises(ValueError, match="records qat_lr='fast', not a rate > 0"):
+        fine_tune(
+            third, datamodule, OmegaConf.merge(cfg, {"qat_ckpt_path": str(tmp_path / "edited.ckpt")}), tmp_path / "qat"
+        )

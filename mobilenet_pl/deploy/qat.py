@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from mobilenet_pl._checks import is_finite_number
 from mobilenet_pl.lit.optim import rescale_checkpoint_lr, warmup_cosine
 
 RECIPE_KEY = "qat_recipe"
@@ -129,8 +130,11 @@ class QATModule(L.LightningModule):
                 f"qat_ckpt_path: the QAT checkpoint fine-tuned on data {old.get('partition')}; this run's data is "
                 f"{new['partition']}: resume with the same data settings, or start a new QAT run (another qat_dir)"
             )
-        if old.get("qat_lr") and old["qat_lr"] != self.lr:
-            rescale_checkpoint_lr(checkpoint, self.lr / old["qat_lr"])
+        old_lr: Any = old.get("qat_lr")
+        if not (is_finite_number(old_lr) and old_lr > 0):  # a foreign or edited record: its rates mean nothing
+            raise ValueError(f"qat_ckpt_path: the QAT checkpoint records qat_lr={old_lr!r}, not a rate > 0")
+        if old_lr != self.lr:
+            rescale_checkpoint_lr(checkpoint, self.lr / old_lr)
         changed = [f"{key} {old.get(key)!r} -> {value!r}" for key, value in new.items() if old.get(key) != value]
         if changed:
             print(f"resuming the QAT run with changed settings: {', '.join(changed)}", file=sys.stderr)
